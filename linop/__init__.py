@@ -1,0 +1,71 @@
+"""linop: linear operators for curvature, influence functions and data attribution.
+
+Everything is a :class:`LinearOperator`: Hessians of losses, their regularised inverses and
+random projections compose with ``+``, scalar ``*``, ``@`` and ``.T``, and convert to and from
+scipy.
+
+Example:
+    >>> import torch
+    >>> from linop import HessianOperator, IdentityOperator
+    >>> w = torch.zeros(3, dtype=torch.float64)
+    >>> X = torch.randn(10, 3, dtype=torch.float64)
+    >>> H = HessianOperator(lambda w, X: ((X @ w - 1) ** 2).mean(), (w, X))
+    >>> A = H + 1e-3 * IdentityOperator.like(H)
+    >>> A.shape, A.shift
+    ((3, 3), 0.001)
+"""
+
+from __future__ import annotations
+
+from linop.algebra import (
+    AdjointOperator,
+    ProductOperator,
+    RegularizedOperator,
+    ScaledOperator,
+    SumOperator,
+)
+from linop.errors import (
+    DenseMemoryError,
+    DeviceMismatchError,
+    DTypeMismatchError,
+    LinopError,
+    NonFiniteError,
+    NonScalarLossError,
+    ShapeMismatchError,
+)
+from linop.flat import FlatSpec
+from linop.hessian import HessianOperator, TensorBatches
+from linop.interop import ScipyOperator, aslinearoperator, to_scipy
+from linop.operator import DEFAULT_DENSE_BUDGET_BYTES, LinearOperator
+from linop.structured import DenseOperator, DiagonalOperator, IdentityOperator, LowRankOperator
+from linop.tags import Tags
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdjointOperator",
+    "DEFAULT_DENSE_BUDGET_BYTES",
+    "DTypeMismatchError",
+    "DenseMemoryError",
+    "DenseOperator",
+    "DeviceMismatchError",
+    "DiagonalOperator",
+    "FlatSpec",
+    "HessianOperator",
+    "IdentityOperator",
+    "LinearOperator",
+    "LinopError",
+    "LowRankOperator",
+    "NonFiniteError",
+    "NonScalarLossError",
+    "ProductOperator",
+    "RegularizedOperator",
+    "ScaledOperator",
+    "ScipyOperator",
+    "ShapeMismatchError",
+    "SumOperator",
+    "Tags",
+    "TensorBatches",
+    "aslinearoperator",
+    "to_scipy",
+]

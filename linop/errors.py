@@ -1,0 +1,45 @@
+"""Typed errors raised by linop.
+
+Every error is a subclass of a built-in exception, so ``except ValueError`` keeps working, while
+``except linop.ShapeMismatchError`` lets a caller catch exactly one kind of mistake.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LinopError",
+    "ShapeMismatchError",
+    "DTypeMismatchError",
+    "DeviceMismatchError",
+    "DenseMemoryError",
+    "NonScalarLossError",
+    "NonFiniteError",
+]
+
+
+class LinopError(Exception):
+    """Base class of every error raised by linop."""
+
+
+class ShapeMismatchError(LinopError, ValueError):
+    """Two shapes that must agree do not (an operator and a vector, or two operators)."""
+
+
+class DTypeMismatchError(LinopError, ValueError):
+    """An operator met a tensor or operator of another dtype; linop never casts silently."""
+
+
+class DeviceMismatchError(LinopError, ValueError):
+    """An operator met a tensor or operator on another device; linop never moves data silently."""
+
+
+class DenseMemoryError(LinopError, MemoryError):
+    """Materialising an operator would exceed the memory budget of ``to_dense``."""
+
+
+class NonScalarLossError(LinopError, ValueError):
+    """The function handed to a Hessian does not return a single-element tensor."""
+
+
+class NonFiniteError(LinopError, ValueError):
+    """A loss, an input or an iterate is NaN or infinite where a finite value is required."""

@@ -1,0 +1,426 @@
+"""Hessian-vector products of a scalar loss, as a :class:`LinearOperator`.
+
+``HessianOperator(func, primals, argnums=0, mode="rev-rev")`` is the Hessian of ``func(*primals)``
+with respect to ``primals[argnums]`` (a tensor or a dict of tensors); the other inputs are
+constants, never differentiated, so integer labels and non-tensor arguments work. The dataset form
+(:meth:`HessianOperator.from_batches`, :meth:`HessianOperator.from_data`) is the example-weighted
+mean of per-batch Hessians, the Hessian of the mean loss over the whole dataset.
+
+Example:
+    >>> import torch
+    >>> from linop import HessianOperator
+    >>> def loss(w, X, y):
+    ...     return torch.nn.functional.cross_entropy(X @ w.reshape(3, 2), y)
+    >>> X, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+    >>> H = HessianOperator(loss, (torch.zeros(6, dtype=torch.float64), X, y))
+    >>> (H @ torch.ones(6, dtype=torch.float64)).shape
+    torch.Size([6])
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch.func import grad, jvp, linearize, vjp, vmap
+
+from linop.errors import DeviceMismatchError, NonFiniteError, NonScalarLossError
+from linop.flat import FlatSpec, Tree
+from linop.operator import LinearOperator
+from linop.tags import Tags
+
+__all__ = ["HessianOperator", "MODES"]
+
+#: The automatic-differentiation modes a HessianOperator accepts.
+MODES = ("rev-rev", "rev-fwd")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid modes are {', '.join(map(repr, MODES))}")
+
+
+def _as_scalar(loss: Any) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor):
+        raise NonScalarLossError(f"the loss must be a torch.Tensor, got {type(loss).__name__}")
+    if loss.numel() != 1:
+        raise NonScalarLossError(
+            f"the loss must be a single-element tensor, got shape {tuple(loss.shape)}; "
+            f"reduce it, e.g. with .mean() or .sum()"
+        )
+    return loss.reshape(())
+
+
+class _Batch:
+    """One batch: the loss as a function of the flat parameter vector, and its HVPs."""
+
+    def __init__(self, owner: HessianOperator, others: tuple[Any, ...]) -> None:
+        self.owner = owner
+        self.others = others
+        self._cached: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        o = self.owner
+        args = self.others[: o.argnums] + (o.spec.unflatten(theta),) + self.others[o.argnums :]
+        return _as_scalar(o.func(*args))
+
+    def _loss_with_aux(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        value = self.loss(theta)
+        return value, value.detach()
+
+    def check(self) -> None:
+        """Evaluate the loss once at the parameters: scalar and finite, or a clear error."""
+        with torch.no_grad():
+            value = self.loss(self.owner.params)
+        if not bool(torch.isfinite(value)):
+            raise NonFiniteError(
+                f"the loss is {value.item()} at the given parameters; a Hessian there is undefined"
+            )
+
+    def hvp_fn(self, cache: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function ``v ↦ H v`` on one flat vector (vmappable).
+
+        With ``cache`` the linearisation at the parameters is computed once and reused: the
+        reverse-mode pullback of the gradient (``rev-rev``) or the linearised gradient
+        (``rev-fwd``). Without it, every call differentiates from scratch (less memory).
+        """
+        if self._cached is not None:
+            return self._cached
+        o, g = self.owner, grad(self.loss)
+        theta = o.params
+        if not cache:
+            if o.mode == "rev-rev":
+                return lambda v: vjp(g, theta)[1](v)[0]
+            return lambda v: jvp(g, (theta,), (v,))[1]
+        if o.mode == "rev-rev":
+            _, pullback = vjp(g, theta)
+            fn: Callable[[torch.Tensor], torch.Tensor] = lambda v: pullback(v)[0]  # noqa: E731
+        else:
+            with warnings.catch_warnings():  # torch's constant folding warns about its own nodes
+                warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
+                warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated")
+                _, fn = linearize(g, theta)
+        self._cached = fn
+        return fn
+
+    def matmat(self, V: torch.Tensor, cache: bool) -> torch.Tensor:
+        fn = self.hvp_fn(cache)
+        return vmap(fn, in_dims=1, out_dims=1, chunk_size=self.owner.chunk_size)(V)
+
+
+class HessianOperator(LinearOperator):
+    """The Hessian of a scalar function with respect to one of its inputs.
+
+    Args:
+        func: a function returning a single-element tensor.
+        primals: the inputs of ``func``; ``primals[argnums]`` (a tensor or a dict of tensors)
+            is the point at which the Hessian is taken. Nothing else is differentiated.
+        argnums: which input to differentiate.
+        mode: ``"rev-rev"`` (reverse over reverse) or ``"rev-fwd"`` (forward over reverse).
+        chunk_size: how many columns of ``V`` one vmapped HVP handles at once (default: all),
+            to bound memory.
+        cache: keep the linearisation at the point and reuse it for every product (default
+            True for one batch). ``rev-fwd`` builds it on the first product with
+            ``torch.func.linearize`` (a one-off cost of a few HVPs, then each HVP is cheaper).
+        psd: the caller vouches that the Hessian is positive semi-definite (e.g. a convex loss).
+
+    The operator is square, ``(n, n)`` with ``n`` the number of entries of the point, symmetric,
+    and shares the point's dtype and device. :attr:`spec` turns flat vectors into the point's
+    layout (``H.spec.unflatten(v)``).
+
+    Raises:
+        ValueError: for an unknown mode or argnums out of range.
+        NonScalarLossError: if ``func`` does not return a single-element tensor.
+        NonFiniteError: if the loss at the point is NaN or infinite.
+        DeviceMismatchError: if a tensor input is on another device than the point.
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., torch.Tensor],
+        primals: tuple[Any, ...],
+        argnums: int = 0,
+        mode: str = "rev-rev",
+        *,
+        chunk_size: int | None = None,
+        cache: bool = True,
+        psd: bool = False,
+    ) -> None:
+        if not isinstance(primals, (tuple, list)):
+            primals = (primals,)
+        primals = tuple(primals)
+        if not -len(primals) <= argnums < len(primals):
+            raise ValueError(f"argnums={argnums} is out of range for {len(primals)} inputs")
+        argnums %= len(primals)
+        others = primals[:argnums] + primals[argnums + 1 :]
+        self._setup(func, primals[argnums], argnums, mode, chunk_size, psd)
+        self.cache = cache
+        self._check_devices(others)
+        self._batch = _Batch(self, others)
+        self._batch.check()
+        self.batches: Iterable[Any] | None = None
+        self.progress = False
+
+    def _setup(
+        self,
+        func: Callable[..., torch.Tensor],
+        point: Tree,
+        argnums: int,
+        mode: str,
+        chunk_size: int | None,
+        psd: bool,
+    ) -> None:
+        _check_mode(mode)
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+        self.spec: FlatSpec = FlatSpec.of(point)
+        params = self.spec.flatten(point).detach()
+        if not params.is_floating_point():
+            raise TypeError(f"the point must be floating point, got {params.dtype}")
+        n = params.shape[0]
+        super().__init__((n, n), params.dtype, params.device, Tags(symmetric=True, psd=psd))
+        self.func = func
+        self.params: torch.Tensor = params
+        self.argnums = argnums
+        self.mode = mode
+        self.chunk_size = chunk_size
+
+    def _check_devices(self, others: Iterable[Any]) -> None:
+        for i, t in enumerate(others):
+            if isinstance(t, torch.Tensor) and t.device.type != self.device.type:
+                raise DeviceMismatchError(
+                    f"the parameters are on {self.device} but input {i} of the batch is on "
+                    f"{t.device}; move the data to {self.device}"
+                )
+
+    # ------------------------------------------------------------------ dataset form
+    @classmethod
+    def from_batches(
+        cls,
+        func: Callable[..., torch.Tensor],
+        params: Tree,
+        batches: Iterable[Any],
+        argnums: int = 0,
+        mode: str = "rev-rev",
+        *,
+        chunk_size: int | None = None,
+        psd: bool = False,
+        progress: bool = False,
+        batch_size_of: Callable[[tuple[Any, ...]], int] | None = None,
+    ) -> HessianOperator:
+        """The Hessian of the mean loss over a dataset given as batches.
+
+        ``func(params, *batch)`` (for ``argnums=0``) must return the *mean* loss over the batch;
+        the result is ``Σ_b n_b H_b / Σ_b n_b`` with ``n_b`` the batch's number of examples (the
+        leading dimension of its first tensor, or ``batch_size_of(batch)``), which equals the
+        Hessian of the mean loss over all examples.
+
+        Args:
+            func: the loss.
+            params: the point (a tensor or a dict of tensors).
+            batches: a re-iterable of tuples of the remaining inputs: a list, a DataLoader,
+                or :meth:`from_data`'s tensor slices. Every product iterates over it once.
+            argnums: where ``params`` goes among the inputs.
+            mode: ``"rev-rev"`` or ``"rev-fwd"``.
+            chunk_size: columns per vmapped HVP.
+            psd: the caller vouches the Hessian is positive semi-definite.
+            progress: show a progress bar over the batches of every product.
+            batch_size_of: the number of examples of a batch (default: ``len`` of its first
+                tensor).
+        """
+        if iter(batches) is batches:
+            raise TypeError(
+                "batches is a one-shot iterator (a generator?); every product iterates over the "
+                "data again, so pass a list, a DataLoader or HessianOperator.from_data(...)"
+            )
+        self = cls.__new__(cls)
+        self._setup(func, params, argnums, mode, chunk_size, psd)
+        self.cache = False
+        self.batches = batches
+        self.progress = progress
+        self._batch_size_of = batch_size_of or _leading_size
+        first = next(iter(batches), None)
+        if first is None:
+            raise ValueError("the dataset has no batches")
+        first = _as_tuple(first)
+        self._check_devices(first)
+        self._batch = None
+        _Batch(self, first).check()
+        return self
+
+    @classmethod
+    def from_data(
+        cls,
+        func: Callable[..., torch.Tensor],
+        params: Tree,
+        data: tuple[torch.Tensor, ...],
+        batch_size: int,
+        argnums: int = 0,
+        mode: str = "rev-rev",
+        **options: Any,
+    ) -> HessianOperator:
+        """The Hessian of the mean loss over tensors ``data`` (sharing a leading example
+        dimension), evaluated in batches of ``batch_size``. Options as :meth:`from_batches`.
+
+        Minibatches for stochastic methods (:meth:`sample`) are drawn example by example.
+        """
+        return cls.from_batches(
+            func, params, TensorBatches(data, batch_size), argnums, mode, **options
+        )
+
+    @classmethod
+    def from_module(
+        cls,
+        model: torch.nn.Module,
+        loss_fn: Callable[[torch.Tensor, Any], torch.Tensor],
+        data: tuple[torch.Tensor, Any] | Iterable[Any],
+        mode: str = "rev-rev",
+        **options: Any,
+    ) -> HessianOperator:
+        """The Hessian of ``loss_fn(model(X), y)`` with respect to ``model``'s trainable
+        parameters (a dict, as ``named_parameters()``; buffers are held fixed).
+
+        ``data`` is one batch ``(X, y)`` or an iterable of such batches (a DataLoader), for the
+        dataset mean. Options as the constructor or :meth:`from_batches`.
+        """
+        params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+        buffers = {k: b.detach() for k, b in model.named_buffers()}
+
+        def func(p: dict[str, torch.Tensor], X: torch.Tensor, y: Any) -> torch.Tensor:
+            out = torch.func.functional_call(model, {**p, **buffers}, (X,))
+            return loss_fn(out, y)
+
+        if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+            return cls(func, (params, *data), 0, mode, **options)
+        return cls.from_batches(func, params, data, 0, mode, **options)
+
+    # ------------------------------------------------------------------ products
+    def _iter_batches(self) -> Iterable[tuple[Any, ...]]:
+        from tqdm.auto import tqdm
+
+        assert self.batches is not None
+        total = len(self.batches) if hasattr(self.batches, "__len__") else None
+        bar = tqdm(self.batches, total=total, desc="HVP batches", disable=not self.progress)
+        for b in bar:
+            yield _as_tuple(b)
+
+    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
+        if self._batch is not None:
+            return self._batch.matmat(X, self.cache)
+        total: torch.Tensor | None = None
+        count = 0
+        for others in self._iter_batches():
+            nb = self._batch_size_of(others)
+            part = _Batch(self, others).matmat(X, cache=False) * nb
+            total = part if total is None else total + part
+            count += nb
+        assert total is not None and count > 0
+        return total / count
+
+    def gradient(self) -> torch.Tensor:
+        """The flat gradient of the (mean) loss at the point."""
+        if self._batch is not None:
+            return grad(self._batch.loss)(self.params)
+        total, count = torch.zeros_like(self.params), 0
+        for others in self._iter_batches():
+            nb = self._batch_size_of(others)
+            total += grad(_Batch(self, others).loss)(self.params) * nb
+            count += nb
+        return total / count
+
+    # ------------------------------------------------------------------ minibatches
+    def sample(self, generator: torch.Generator, batch_size: int | None = None) -> HessianOperator:
+        """The Hessian at one random minibatch of the dataset, drawn reproducibly from
+        ``generator`` (the hook stochastic solvers such as LiSSA use).
+
+        With :meth:`from_data` (or a DataLoader, through its dataset) ``batch_size`` examples
+        are drawn uniformly with replacement; with a list of batches, one batch is drawn and
+        ``batch_size`` must be None. On a one-batch operator it returns the operator itself.
+        """
+        if self.batches is None:
+            return self
+        source = self.batches
+        if isinstance(source, TensorBatches) or _is_dataloader(source):
+            n = len(source.dataset) if _is_dataloader(source) else source.num_examples
+            size = batch_size or getattr(source, "batch_size", None) or 1
+            idx = torch.randint(n, (size,), generator=generator)
+            others = source.take(idx) if isinstance(source, TensorBatches) else _collate(source, idx)
+        elif isinstance(source, Sequence):
+            if batch_size is not None:
+                raise ValueError(
+                    "batches given as a list are drawn whole; pass batch_size=None, or build the "
+                    "operator with HessianOperator.from_data to draw examples"
+                )
+            others = _as_tuple(source[int(torch.randint(len(source), (1,), generator=generator))])
+        else:
+            raise TypeError(
+                f"cannot draw random minibatches from {type(source).__name__}; use a list, a "
+                f"DataLoader or HessianOperator.from_data"
+            )
+        primals = others[: self.argnums] + (self.spec.unflatten(self.params),) + others[self.argnums :]
+        op = HessianOperator(
+            self.func, primals, self.argnums, self.mode, chunk_size=self.chunk_size, cache=False
+        )
+        op.tags = self.tags
+        return op
+
+    def _repr_args(self) -> str:
+        data = "one batch" if self.batches is None else "dataset"
+        return f"mode={self.mode!r}, {data}"
+
+
+class TensorBatches(Sequence):
+    """Tensors sharing a leading example dimension, seen as a sequence of batches.
+
+    Args:
+        data: the tensors (e.g. ``(X, y)``).
+        batch_size: examples per batch (the last batch may be smaller).
+    """
+
+    def __init__(self, data: tuple[torch.Tensor, ...], batch_size: int) -> None:
+        data = tuple(data)
+        if not data or not all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in data):
+            raise TypeError("data must be a non-empty tuple of tensors with an example dimension")
+        sizes = {t.shape[0] for t in data}
+        if len(sizes) != 1:
+            raise ValueError(f"every tensor needs the same number of examples, got {sorted(sizes)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.data = data
+        self.batch_size = int(batch_size)
+        self.num_examples = data[0].shape[0]
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_examples / self.batch_size)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        start = (i % len(self)) * self.batch_size
+        return tuple(t[start : start + self.batch_size] for t in self.data)
+
+    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The examples at ``index``, as one batch."""
+        return tuple(t[index.to(t.device)] for t in self.data)
+
+
+def _as_tuple(batch: Any) -> tuple[Any, ...]:
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+
+
+def _leading_size(batch: tuple[Any, ...]) -> int:
+    for t in batch:
+        if isinstance(t, torch.Tensor) and t.ndim >= 1:
+            return int(t.shape[0])
+    raise ValueError("cannot tell the batch size: no tensor input has a leading dimension")
+
+
+def _is_dataloader(obj: Any) -> bool:
+    return isinstance(obj, torch.utils.data.DataLoader)
+
+
+def _collate(loader: torch.utils.data.DataLoader, index: torch.Tensor) -> tuple[Any, ...]:
+    return _as_tuple(loader.collate_fn([loader.dataset[int(i)] for i in index]))
