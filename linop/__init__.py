@@ -25,7 +25,11 @@ from linop.algebra import (
     SumOperator,
 )
 from linop.errors import (
+    ConvergenceWarning,
     DenseMemoryError,
+    DivergenceError,
+    NegativeCurvatureWarning,
+    SingularOperatorError,
     DeviceMismatchError,
     DTypeMismatchError,
     LinopError,
@@ -35,6 +39,7 @@ from linop.errors import (
 )
 from linop.flat import FlatSpec
 from linop.hessian import HessianOperator, TensorBatches
+from linop.inverse import METHODS, InverseOperator, SolveInfo, solve
 from linop.interop import ScipyOperator, aslinearoperator, to_scipy
 from linop.operator import DEFAULT_DENSE_BUDGET_BYTES, LinearOperator
 from linop.structured import DenseOperator, DiagonalOperator, IdentityOperator, LowRankOperator
@@ -43,6 +48,14 @@ from linop.tags import Tags
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvergenceWarning",
+    "DivergenceError",
+    "InverseOperator",
+    "METHODS",
+    "NegativeCurvatureWarning",
+    "SingularOperatorError",
+    "SolveInfo",
+    "solve",
     "AdjointOperator",
     "DEFAULT_DENSE_BUDGET_BYTES",
     "DTypeMismatchError",

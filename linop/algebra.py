@@ -200,5 +200,13 @@ class RegularizedOperator(LinearOperator):
     def _adjoint(self) -> LinearOperator:
         return self if self.tags.symmetric else RegularizedOperator(self.base.adjoint(), self.shift)
 
+    def eigh(self, k: int, **options: object) -> LinearOperator:
+        """The base's top-``k`` eigenpairs (cached on the base) with eigenvalues ``θ + λ``: a
+        sweep over ``λ`` reuses one decomposition."""
+        from linop.structured import LowRankOperator
+
+        low = self.base.eigh(k, **options)
+        return LowRankOperator(low.vectors, low.values + self.shift)
+
     def _repr_args(self) -> str:
         return f"shift={self.shift:g}"

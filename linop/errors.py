@@ -14,6 +14,10 @@ __all__ = [
     "DenseMemoryError",
     "NonScalarLossError",
     "NonFiniteError",
+    "SingularOperatorError",
+    "DivergenceError",
+    "ConvergenceWarning",
+    "NegativeCurvatureWarning",
 ]
 
 
@@ -43,3 +47,19 @@ class NonScalarLossError(LinopError, ValueError):
 
 class NonFiniteError(LinopError, ValueError):
     """A loss, an input or an iterate is NaN or infinite where a finite value is required."""
+
+
+class SingularOperatorError(LinopError, ArithmeticError):
+    """A direct solve met a singular (or numerically singular) matrix."""
+
+
+class DivergenceError(LinopError, ArithmeticError):
+    """An iterative method's iterates grew without bound or became non-finite."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solver stopped before reaching its tolerance in some columns."""
+
+
+class NegativeCurvatureWarning(UserWarning):
+    """A solver or decomposition met zero or negative curvature and handled it as documented."""

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -360,11 +361,14 @@ class HessianOperator(LinearOperator):
                 f"cannot draw random minibatches from {type(source).__name__}; use a list, a "
                 f"DataLoader or HessianOperator.from_data"
             )
-        primals = others[: self.argnums] + (self.spec.unflatten(self.params),) + others[self.argnums :]
-        op = HessianOperator(
-            self.func, primals, self.argnums, self.mode, chunk_size=self.chunk_size, cache=False
-        )
-        op.tags = self.tags
+        return self._at_batch(others)
+
+    def _at_batch(self, others: tuple[Any, ...]) -> HessianOperator:
+        """The one-batch operator at the same point, without re-checking the loss."""
+        op = copy.copy(self)
+        op.batches, op.cache, op.progress = None, False, False
+        op.__dict__.pop("_eigh_cache", None)  # eigenpairs belong to the dataset operator
+        op._batch = _Batch(op, others)
         return op
 
     def _repr_args(self) -> str:

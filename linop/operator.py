@@ -224,6 +224,26 @@ class LinearOperator:
 
         return RegularizedOperator(self, shift)
 
+    def inverse(self, method: str = "cg", **options: Any) -> LinearOperator:
+        """The lazy inverse ``A⁻¹`` by ``method`` (``"explicit"``, ``"cg"``, ``"arnoldi"``,
+        ``"lissa"``); see :class:`~linop.inverse.InverseOperator` for the options.
+
+        Set-up work runs once, on the first product, and is reused for every right-hand side.
+        """
+        from linop.inverse import InverseOperator
+
+        return InverseOperator(self, method, **options)
+
+    def eigh(self, k: int, **options: Any) -> LinearOperator:
+        """The top-``k`` eigenpairs of a symmetric operator as a
+        :class:`~linop.structured.LowRankOperator` ``V diag(θ) Vᵀ`` (Lanczos with full
+        reorthogonalisation from a seeded start, cached on the operator). Options as
+        :func:`linop.inverse.arnoldi.eigh`: ``maxiter``, ``seed``, ``tol``, ``which``.
+        """
+        from linop.inverse.arnoldi import eigh
+
+        return eigh(self, k, **options)[0]
+
     def with_tags(self, **tags: bool) -> LinearOperator:
         """A shallow copy of the operator with tags overridden, e.g. ``H.with_tags(psd=True)``.
 

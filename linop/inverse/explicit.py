@@ -1,0 +1,87 @@
+"""The explicit method: materialise the matrix once, factorise it, solve by substitution.
+
+Symmetric matrices are tried with Cholesky, first in their own dtype, then in float64. A symmetric
+matrix that is still not positive definite falls back to LU with a
+:class:`~linop.errors.NegativeCurvatureWarning` (it is indefinite) when it is non-singular; a
+singular matrix raises :class:`~linop.errors.SingularOperatorError` suggesting a shift ``λ``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from linop.errors import NegativeCurvatureWarning, SingularOperatorError
+from linop.inverse import SolveInfo, Strategy, register
+from linop.operator import DEFAULT_DENSE_BUDGET_BYTES
+
+
+def _singular(M: torch.Tensor, kind: str) -> SingularOperatorError:
+    return SingularOperatorError(
+        f"the {M.shape[0]}x{M.shape[0]} matrix is singular ({kind}); regularise it, e.g. "
+        f"(A + lam * IdentityOperator.like(A)).inverse(method='explicit') with lam > 0 "
+        f"(try 1e-3 times the largest eigenvalue)"
+    )
+
+
+@register
+class ExplicitStrategy(Strategy):
+    """Options: ``max_bytes`` (the memory budget of ``to_dense``), ``force`` (skip the guard),
+    ``chunk_size`` (identity columns per batched product while materialising)."""
+
+    name = "explicit"
+    defaults = {"max_bytes": DEFAULT_DENSE_BUDGET_BYTES, "force": False, "chunk_size": None}
+
+    def _setup(self) -> int:
+        A = self.operator
+        o = self.options
+        M = A.to_dense(force=o["force"], max_bytes=o["max_bytes"], chunk_size=o["chunk_size"])
+        if A.tags.symmetric:
+            M = (M + M.mT) / 2
+            for dtype in dict.fromkeys([M.dtype, torch.float64]):
+                L, info = torch.linalg.cholesky_ex(M.to(dtype))
+                if int(info) == 0:
+                    self.kind, self.factor = "cholesky", L
+                    return A.shape[1]
+            if A.tags.psd:
+                raise _singular(M, "Cholesky failed on a matrix tagged positive semi-definite")
+        self._lu(M.to(torch.float64) if A.tags.symmetric else M)
+        if A.tags.symmetric:
+            warnings.warn(
+                "the symmetric matrix is not positive definite (Cholesky failed); solved by LU. "
+                "For a Hessian, this means negative curvature: consider a shift lam > 0",
+                NegativeCurvatureWarning,
+                stacklevel=4,
+            )
+        return A.shape[1]
+
+    def _lu(self, M: torch.Tensor) -> None:
+        LU, pivots, info = torch.linalg.lu_factor_ex(M)
+        diag = LU.diagonal().abs()
+        eps = torch.finfo(M.dtype).eps
+        if int(info) != 0 or float(diag.min()) <= M.shape[0] * eps * float(diag.max()):
+            raise _singular(M, "a zero pivot in LU")
+        self.kind, self.factor, self.pivots, self.matrix = "lu", LU, pivots, M
+        return None
+
+    def solve(self, B: torch.Tensor) -> tuple[torch.Tensor, SolveInfo]:
+        F = self.factor
+        Bf = B.to(F.dtype)
+        if self.kind == "cholesky":
+            X = torch.cholesky_solve(Bf, F)
+            AX = F @ (F.mT @ X)
+        else:
+            X = torch.linalg.lu_solve(F, self.pivots, Bf)
+            AX = self.matrix @ X
+        norms = Bf.norm(dim=0).clamp_min(torch.finfo(F.dtype).tiny)
+        residuals = ((Bf - AX).norm(dim=0) / norms).to(B.dtype)
+        k = B.shape[1]
+        info = SolveInfo(
+            method=self.name,
+            iterations=torch.zeros(k, dtype=torch.long),
+            residuals=residuals.cpu(),
+            converged=torch.ones(k, dtype=torch.bool),
+            reasons=[f"direct solve ({self.kind})"] * k,
+        )
+        return X.to(B.dtype), info
