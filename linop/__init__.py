@@ -41,6 +41,7 @@ from linop.flat import FlatSpec
 from linop.hessian import HessianOperator, TensorBatches
 from linop.inverse import METHODS, InverseOperator, SolveInfo, solve
 from linop.interop import ScipyOperator, aslinearoperator, to_scipy
+from linop.projection import ArnoldiProjection, ProjectionOperator, RandomProjection
 from linop.operator import DEFAULT_DENSE_BUDGET_BYTES, LinearOperator
 from linop.structured import DenseOperator, DiagonalOperator, IdentityOperator, LowRankOperator
 from linop.tags import Tags
@@ -48,6 +49,9 @@ from linop.tags import Tags
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArnoldiProjection",
+    "ProjectionOperator",
+    "RandomProjection",
     "ConvergenceWarning",
     "DivergenceError",
     "InverseOperator",

@@ -1,0 +1,303 @@
+"""Projections of huge vectors to a few thousand dimensions, as ``(k, n)`` operators.
+
+:meth:`ProjectionOperator.random` gives a random JL projection whose matrix is a pure function of
+``(seed, row, column)`` — a counter-based hash (:mod:`linop.kernels.hash`) — generated block by
+block and never stored whole, unless a memory budget allows caching it across calls. The same seed
+gives the same matrix on every call, in every process and on every device.
+:meth:`ProjectionOperator.arnoldi` gives ``Λ^{-1/2} Vᵀ`` from the top eigenpairs of a Hessian, so
+inner products of projected vectors approximate ``gᵀ (H + λI)⁻¹ g'``.
+
+Example:
+    >>> import torch
+    >>> from linop import ProjectionOperator
+    >>> P = ProjectionOperator.random(10_000, 256, seed=0)
+    >>> G = torch.randn(4, 10_000)
+    >>> Z = P.project(G)                      # (4, 256); distances preserved in expectation
+    >>> Z.shape
+    torch.Size([4, 256])
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+
+from linop.errors import DTypeMismatchError, NegativeCurvatureWarning, ShapeMismatchError
+from linop.flat import FlatSpec
+from linop.kernels import hash as khash
+from linop.operator import LinearOperator
+from linop.tags import Tags
+
+__all__ = ["ProjectionOperator", "RandomProjection", "ArnoldiProjection", "KINDS"]
+
+#: The kinds of random projection.
+KINDS = ("rademacher", "gaussian", "sjlt")
+_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+#: Default cache budget for a random projection's matrix on the CPU (1 GiB).
+DEFAULT_CACHE_BYTES = 1 << 30
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class ProjectionOperator(LinearOperator):
+    """A ``(k, n)`` operator mapping ``n``-dimensional vectors (gradients) to ``k`` dimensions.
+
+    Build one with :meth:`random` or :meth:`arnoldi`. ``P @ X`` acts on columns ``(n,)`` or
+    ``(n, B)``; :meth:`project` acts on rows, as per-example gradients come.
+    """
+
+    @staticmethod
+    def random(
+        n: int,
+        k: int,
+        kind: str = "rademacher",
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        scale: str | float | None = "jl",
+        **options: Any,
+    ) -> RandomProjection:
+        """A random projection; see :class:`RandomProjection` for ``options``."""
+        return RandomProjection(n, k, kind, seed, dtype, device, scale, **options)
+
+    @staticmethod
+    def arnoldi(operator: LinearOperator, k: int, **options: Any) -> ArnoldiProjection:
+        """``Λ^{-1/2} Vᵀ`` from the top-``k`` eigenpairs of ``operator`` (``H`` or ``H + λI``);
+        see :class:`ArnoldiProjection`."""
+        return ArnoldiProjection(operator, k, **options)
+
+    def project(self, features: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """Project rows: ``features`` ``(B, n)``, or a dict of per-parameter ``(B, ...)`` tensors
+        (flattened in insertion order, like a concatenated tensor), to ``(B, k)``."""
+        if isinstance(features, dict):
+            if not features:
+                raise ShapeMismatchError("the feature dict is empty")
+            first = next(iter(features.values()))
+            spec = FlatSpec.of({key: t[0] for key, t in features.items()} if first.ndim else features)
+            features = spec.flatten_batched(features)
+        if not isinstance(features, torch.Tensor) or features.ndim != 2:
+            raise ShapeMismatchError(
+                f"features must be a (B, {self.shape[1]}) tensor or a dict of (B, ...) tensors, "
+                f"got {getattr(features, 'shape', type(features).__name__)}"
+            )
+        if features.shape[1] != self.shape[1]:
+            raise ShapeMismatchError(
+                f"features have dimension {features.shape[1]}, the projection expects {self.shape[1]}"
+            )
+        self._check_tensor(features, "features")
+        return self._project_rows(features)
+
+    def _project_rows(self, X: torch.Tensor) -> torch.Tensor:
+        return self._matmat(X.mT).mT
+
+    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
+        return self._project_rows(X.mT).mT
+
+
+class RandomProjection(ProjectionOperator):
+    """A random ``(k, n)`` projection generated from ``(seed, row, column)``.
+
+    Args:
+        n: input dimension (any size; columns are processed in blocks).
+        k: output dimension.
+        kind: ``"rademacher"`` (±1), ``"gaussian"`` (N(0, 1)) or ``"sjlt"`` (each input coordinate
+            sent to ``nnz`` output buckets with random signs).
+        seed: the seed; the matrix is a pure function of it.
+        dtype: the dtype of the vectors; half precision is computed in float32 on the CPU and
+            returned in its own dtype.
+        device: where the vectors live.
+        scale: ``"jl"`` (``1/√k`` for dense kinds, ``1/√nnz`` for sjlt, preserving squared
+            distances in expectation), a number, or None for the raw entries.
+        block_size: columns generated at once (default 8192); bounds memory to
+            ``O(k · block_size)``.
+        cache_bytes: memory the matrix may keep across calls (default 1 GiB on the CPU, 0 on
+            GPUs where generating it is cheaper than reading it); ±1 signs are cached as int8.
+        nnz: non-zeros per input coordinate for sjlt (default 4).
+        use_kernel: on CUDA, use the Triton kernel when available (default True); the pure-torch
+            path is the reference.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        k: int,
+        kind: str = "rademacher",
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        scale: str | float | None = "jl",
+        *,
+        block_size: int = 8192,
+        cache_bytes: int | None = None,
+        nnz: int = 4,
+        use_kernel: bool = True,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown projection kind {kind!r}; valid kinds are {', '.join(KINDS)}")
+        if dtype not in _DTYPES:
+            raise DTypeMismatchError(
+                f"unsupported dtype {dtype}; projections support {', '.join(map(str, _DTYPES))}"
+            )
+        if n < 1 or k < 1:
+            raise ValueError(f"n and k must be positive, got n={n}, k={k}")
+        if block_size < 32 or not 1 <= nnz <= k:
+            raise ValueError(
+                f"block_size must be at least 32 and 1 <= nnz <= k, got {block_size}, {nnz}"
+            )
+        super().__init__((k, n), dtype, device, Tags())
+        self.kind, self.seed, self.nnz = kind, int(seed), int(nnz)
+        self.block_size = (int(block_size) // 32) * 32
+        if scale == "jl":
+            self.scale = 1 / math.sqrt(nnz if kind == "sjlt" else k)
+        elif scale is None:
+            self.scale = 1.0
+        elif isinstance(scale, (int, float)):
+            self.scale = float(scale)
+        else:
+            raise ValueError(f"scale must be 'jl', a number or None, got {scale!r}")
+        default_cache = DEFAULT_CACHE_BYTES if self.device.type == "cpu" else 0
+        self.cache_bytes = default_cache if cache_bytes is None else int(cache_bytes)
+        self.use_kernel = use_kernel
+        self._cache: dict[int, torch.Tensor] = {}
+        self.compute_dtype = _compute_dtype(dtype)
+
+    # ------------------------------------------------------------------ the matrix
+    def _cacheable(self) -> bool:
+        per_entry = 1 if self.kind == "rademacher" else torch.finfo(self.compute_dtype).bits // 8
+        return self.kind != "sjlt" and self.shape[0] * self.shape[1] * per_entry <= self.cache_bytes
+
+    def block(self, start: int, stop: int) -> torch.Tensor:
+        """Columns ``start:stop`` of the unscaled matrix, ``(k, stop − start)``, in the compute
+        dtype (float32, or float64 for float64 operators). For sjlt, a dense view (tests)."""
+        k = self.shape[0]
+        if self.kind == "sjlt":
+            rows, signs = khash.sjlt_buckets(self.seed, start, stop, self.nnz, k, self.device)
+            out = torch.zeros(k, stop - start, dtype=self.compute_dtype, device=self.device)
+            cols = torch.arange(stop - start, device=self.device).unsqueeze(0).expand_as(rows)
+            out.index_put_((rows.reshape(-1), cols.reshape(-1)), signs.reshape(-1).to(out.dtype), accumulate=True)
+            return out
+        if self._cacheable() and start % self.block_size == 0:
+            cached = self._cache.get(start)
+            if cached is not None and cached.shape[1] == stop - start:
+                return cached.to(self.compute_dtype)
+        cache = self._cacheable() and start % self.block_size == 0
+        if self.kind == "rademacher":
+            dtype = torch.int8 if cache else self.compute_dtype
+            raw = khash.rademacher_block(self.seed, k, start, stop, self.device, dtype)
+        else:
+            raw = khash.gaussian_block(self.seed, k, start, stop, self.device, self.compute_dtype)
+        if cache:
+            self._cache[start] = raw
+        return raw.to(self.compute_dtype)
+
+    def _blocks(self):  # noqa: ANN202
+        n = self.shape[1]
+        for start in range(0, n, self.block_size):
+            stop = min(n, start + self.block_size)
+            yield start, stop
+
+    # ------------------------------------------------------------------ products
+    def _project_rows(self, X: torch.Tensor) -> torch.Tensor:
+        if self.kind == "sjlt":
+            return self._sjlt_rows(X)
+        if X.is_cuda and self.use_kernel and self.kind == "rademacher":
+            from linop.kernels import triton_projection
+
+            if triton_projection.available():
+                out = triton_projection.project(X, self.seed, self.shape[0])
+                return (out * self.scale).to(self.dtype)
+        out = torch.zeros(X.shape[0], self.shape[0], dtype=self.compute_dtype, device=X.device)
+        for start, stop in self._blocks():
+            R = self.block(start, stop)
+            out.addmm_(X[:, start:stop].to(self.compute_dtype), R.mT)
+        return (out * self.scale).to(self.dtype)
+
+    def _sjlt_rows(self, X: torch.Tensor) -> torch.Tensor:
+        B, k = X.shape[0], self.shape[0]
+        out = torch.zeros(k, B, dtype=self.compute_dtype, device=X.device)
+        for start, stop in self._blocks():
+            rows, signs = khash.sjlt_buckets(self.seed, start, stop, self.nnz, k, X.device)
+            Xb = X[:, start:stop].to(self.compute_dtype).mT  # (cols, B)
+            contrib = signs.to(self.compute_dtype).unsqueeze(-1) * Xb.unsqueeze(0)  # (nnz, cols, B)
+            out.index_add_(0, rows.reshape(-1), contrib.reshape(-1, B))
+        return (out.mT * self.scale).to(self.dtype)
+
+    def _adjoint_rows(self, Y: torch.Tensor) -> torch.Tensor:
+        """``Pᵀ`` applied to the columns of ``Y`` ``(k, B)``, returning ``(n, B)``."""
+        Yc = Y.to(self.compute_dtype)
+        parts = []
+        for start, stop in self._blocks():
+            if self.kind == "sjlt":
+                rows, signs = khash.sjlt_buckets(self.seed, start, stop, self.nnz, self.shape[0], Y.device)
+                parts.append((signs.to(Yc.dtype).unsqueeze(-1) * Yc[rows]).sum(0))
+            else:
+                parts.append(self.block(start, stop).mT @ Yc)
+        return (torch.cat(parts) * self.scale).to(self.dtype)
+
+    def _adjoint(self) -> LinearOperator:
+        return _ProjectionAdjoint(self)
+
+    def _repr_args(self) -> str:
+        return f"kind={self.kind!r}, seed={self.seed}"
+
+
+class _ProjectionAdjoint(LinearOperator):
+    """``Pᵀ`` of a random projection, regenerated block by block like ``P``."""
+
+    def __init__(self, base: RandomProjection) -> None:
+        k, n = base.shape
+        super().__init__((n, k), base.dtype, base.device, Tags())
+        self.base = base
+
+    def _matmat(self, Y: torch.Tensor) -> torch.Tensor:
+        return self.base._adjoint_rows(Y)
+
+    def _adjoint(self) -> LinearOperator:
+        return self.base
+
+
+class ArnoldiProjection(ProjectionOperator):
+    """``Λ^{-1/2} Vᵀ`` from the top-``k`` eigenpairs ``(θ, V)`` of a symmetric operator.
+
+    With ``A = H + λI`` the eigenvalues are ``θ + λ``; ``(P g)ᵀ (P g') = gᵀ V (Λ+λ)⁻¹ Vᵀ g'``.
+    Directions whose ``θ + λ`` is not positive (``≤ cutoff · max``) get weight zero — a
+    pseudo-inverse of the positive part — with a
+    :class:`~linop.errors.NegativeCurvatureWarning`; never NaN.
+
+    Args:
+        operator: ``H`` or ``H + λI`` (the eigenpairs of ``H`` are cached and reused for any λ).
+        k: how many eigenpairs.
+        cutoff: relative size below which a direction is dropped (1e-6).
+        **options: passed to :meth:`~linop.LinearOperator.eigh` (``maxiter``, ``seed``, ...).
+    """
+
+    def __init__(self, operator: LinearOperator, k: int, *, cutoff: float = 1e-6, **options: Any) -> None:
+        low = operator.eigh(k, **options)
+        values = low.values
+        big = float(values.abs().max()) if values.numel() else 0.0
+        keep = values > cutoff * big
+        if not bool(keep.all()):
+            warnings.warn(
+                f"{int((~keep).sum())} of {k} eigenvalues are not positive (≤ {cutoff:g}·max); "
+                f"their directions get weight zero in the Arnoldi projection. A shift λ > 0 "
+                f"(project with H + λI) keeps them",
+                NegativeCurvatureWarning,
+                stacklevel=3,
+            )
+        weights = torch.where(keep, values.clamp_min(torch.finfo(values.dtype).tiny).rsqrt(), 0)
+        n = operator.shape[0]
+        super().__init__((k, n), operator.dtype, operator.device, Tags())
+        self.vectors, self.weights = low.vectors, weights
+
+    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
+        return self.weights.unsqueeze(1) * (self.vectors.mT @ X)
+
+    def _adjoint(self) -> LinearOperator:
+        from linop.structured import DenseOperator
+
+        return DenseOperator(self.vectors * self.weights, Tags())

@@ -1,0 +1,182 @@
+"""Random and Arnoldi projections: JL statistics, determinism, the hash, dtypes, bad input."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from linop import (
+    DenseOperator,
+    DTypeMismatchError,
+    IdentityOperator,
+    NegativeCurvatureWarning,
+    ProjectionOperator,
+    ShapeMismatchError,
+)
+from linop.kernels import hash as khash
+from linop.tags import Tags
+from tests.contract import assert_close, check_operator
+
+D64 = torch.float64
+KINDS = ["rademacher", "gaussian", "sjlt"]
+
+
+def _dense(P):
+    return torch.cat([P.block(a, b) for a, b in P._blocks()], 1) * P.scale
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_contract_against_the_generated_matrix(kind):
+    P = ProjectionOperator.random(300, 40, kind=kind, seed=3, dtype=D64, block_size=64)
+    check_operator(P, _dense(P))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_johnson_lindenstrauss(kind):
+    """Squared pairwise distances are preserved in expectation with relative spread ≈ √(2/k).
+
+    k = 512 gives a standard deviation of about 0.0625 per pair for the dense kinds (sjlt's is no
+    larger for nnz=4 here); the mean over 190 pairs is within 0.03 of 1 (≈ 5 standard errors even
+    with the pairs' correlation), and no single pair is off by more than 0.35 (≈ 5.6 sd).
+    """
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(20, 5000, dtype=D64, generator=g)
+    P = ProjectionOperator.random(5000, 512, kind=kind, seed=1, dtype=D64)
+    Z = P.project(X)
+    i, j = torch.triu_indices(20, 20, 1)
+    ratio = (Z[i] - Z[j]).pow(2).sum(1) / (X[i] - X[j]).pow(2).sum(1)
+    assert abs(float(ratio.mean()) - 1) < 0.03
+    assert float((ratio - 1).abs().max()) < 0.35
+
+
+def test_entries_follow_the_documented_hash():
+    """The torch path equals a plain-Python evaluation of the hash, even for columns past 2³¹."""
+    def py_word(seed, r, c, stream=0):
+        return khash.fmix32((r * khash.GOLDEN + khash.fmix32((c + khash.seed_key(seed, stream)) & khash.M32)) & khash.M32)
+
+    P = ProjectionOperator.random(2**40, 8, seed=5, scale=None)
+    for start in [0, 100, 2**31 - 40, 2**33 + 7]:
+        block = P.block(start, start + 70)
+        for i in range(8):
+            for c in [0, 1, 33, 69]:
+                j = start + c
+                bit = (py_word(5, i, j // 32) >> (j % 32)) & 1
+                assert int(block[i, c]) == 1 - 2 * bit
+
+
+def test_the_same_seed_gives_the_same_matrix_in_another_process():
+    code = (
+        "import torch; from linop import ProjectionOperator as P;"
+        "x = torch.arange(3000, dtype=torch.float64).reshape(3, 1000) / 1000;"
+        "print([round(v, 10) for k in ('rademacher', 'gaussian', 'sjlt') "
+        "for v in P.random(1000, 16, kind=k, seed=9, dtype=torch.float64).project(x).flatten().tolist()])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    x = torch.arange(3000, dtype=D64).reshape(3, 1000) / 1000
+    here = [
+        round(v, 10)
+        for k in KINDS
+        for v in ProjectionOperator.random(1000, 16, kind=k, seed=9, dtype=D64).project(x).flatten().tolist()
+    ]
+    assert out.stdout.strip() == str(here)
+    other = ProjectionOperator.random(1000, 16, seed=10, dtype=D64).project(x)
+    assert not torch.allclose(other, ProjectionOperator.random(1000, 16, seed=9, dtype=D64).project(x))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_blocks_and_cache_do_not_change_results(kind):
+    X = torch.randn(5, 1001)
+    ref = ProjectionOperator.random(1001, 33, kind=kind, seed=2, block_size=8192, cache_bytes=0).project(X)
+    for block in [32, 96, 1000]:
+        P = ProjectionOperator.random(1001, 33, kind=kind, seed=2, block_size=block)
+        assert_close(P.project(X), ref, 1e-5)
+        assert_close(P.project(X), ref, 1e-5)  # second call: from the cache where allowed
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_dtypes_are_preserved_and_half_is_computed_in_float32(dtype):
+    X = torch.randn(4, 700)
+    P = ProjectionOperator.random(700, 64, seed=0, dtype=dtype)
+    out = P.project(X.to(dtype))
+    assert out.dtype == dtype and out.shape == (4, 64)
+    ref = ProjectionOperator.random(700, 64, seed=0).project(X.to(dtype).float())
+    tol = {torch.float16: 1e-3, torch.bfloat16: 1e-2}.get(dtype, 1e-6)
+    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * float(ref.abs().max()))
+
+
+def test_dict_features_equal_the_concatenated_tensor():
+    g = {"w": torch.randn(6, 4, 5), "b": torch.randn(6, 4)}
+    flat = torch.cat([g["w"].reshape(6, -1), g["b"]], dim=1)
+    P = ProjectionOperator.random(24, 8, seed=0)
+    assert_close(P.project(g), P.project(flat), 1e-6)
+    assert_close(P.project(flat), (P @ flat.T).T, 1e-6)
+
+
+def test_scaling():
+    P_raw = ProjectionOperator.random(100, 16, seed=0, scale=None, dtype=D64)
+    P_jl = ProjectionOperator.random(100, 16, seed=0, dtype=D64)
+    assert set(P_raw.to_dense().unique().tolist()) == {-1.0, 1.0}
+    assert_close(P_jl.to_dense(), P_raw.to_dense() / 4)
+    S = ProjectionOperator.random(100, 16, kind="sjlt", nnz=4, seed=0, dtype=D64)
+    assert_close(S.to_dense().pow(2).sum(0), torch.ones(100, dtype=D64))  # unit columns: 1/√c
+    assert_close(ProjectionOperator.random(100, 16, seed=0, scale=2.0, dtype=D64).to_dense(), 2 * P_raw.to_dense())
+
+
+def test_composes_with_other_operators():
+    P = ProjectionOperator.random(50, 6, seed=0, dtype=D64)
+    M = torch.randn(50, 50, dtype=D64)
+    H = DenseOperator(M @ M.T)
+    check_operator(P @ H @ P.T, P.to_dense() @ (M @ M.T) @ P.to_dense().T)
+
+
+def test_bad_input():
+    P = ProjectionOperator.random(100, 8)
+    with pytest.raises(ShapeMismatchError, match="dimension 99"):
+        P.project(torch.randn(3, 99))
+    with pytest.raises(ShapeMismatchError, match="batch"):
+        P.project({"a": torch.randn(3, 50), "b": torch.randn(4, 50)})
+    with pytest.raises(DTypeMismatchError):
+        P.project(torch.randn(3, 100, dtype=D64))
+    with pytest.raises(ShapeMismatchError):
+        P.project(torch.randn(100))
+    with pytest.raises(ValueError, match="valid kinds"):
+        ProjectionOperator.random(100, 8, kind="fourier")
+    with pytest.raises(DTypeMismatchError, match="unsupported dtype"):
+        ProjectionOperator.random(100, 8, dtype=torch.int32)
+    with pytest.raises(ValueError, match="scale"):
+        ProjectionOperator.random(100, 8, scale="auto")
+
+
+def test_arnoldi_projection_inner_products():
+    g = torch.Generator().manual_seed(0)
+    Q = torch.linalg.qr(torch.randn(12, 12, dtype=D64, generator=g)).Q
+    M = (Q * torch.linspace(0.5, 5.0, 12, dtype=D64)) @ Q.T
+    H = DenseOperator(M, Tags(psd=True))
+    lam = 0.1
+    P = ProjectionOperator.arnoldi(H + lam * IdentityOperator.like(H), 12, maxiter=12)
+    G = torch.randn(3, 12, dtype=D64, generator=g)
+    Z = P.project(G)
+    assert_close(Z @ Z.T, G @ torch.linalg.solve(M + lam * torch.eye(12, dtype=D64), G.T), 1e-8)
+    check_operator(P, P.to_dense())
+
+
+def test_arnoldi_projection_with_negative_eigenvalues_is_finite():
+    H = DenseOperator(torch.diag(torch.tensor([3.0, 1.0, -2.0, 0.0], dtype=D64)))
+    with pytest.warns(NegativeCurvatureWarning, match="weight zero"):
+        P = ProjectionOperator.arnoldi(H, 4, maxiter=4)
+    Z = P.project(torch.ones(2, 4, dtype=D64))
+    assert torch.isfinite(Z).all()
+    assert_close((Z @ Z.T)[0, 0], torch.tensor(1 / 3 + 1.0, dtype=D64))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_matches_the_cpu_reference(dtype):
+    X = torch.randn(8, 100_003)
+    for kind in KINDS:
+        cpu = ProjectionOperator.random(100_003, 256, kind=kind, seed=4).project(X)
+        gpu = ProjectionOperator.random(100_003, 256, kind=kind, seed=4, dtype=dtype, device="cuda")
+        out = gpu.project(X.to(dtype).cuda()).float().cpu()
+        tol = 2e-2 if dtype != torch.float32 else 1e-3
+        torch.testing.assert_close(out, cpu, rtol=tol, atol=tol * float(cpu.abs().max()))
