@@ -41,7 +41,12 @@ from linop.flat import FlatSpec
 from linop.hessian import HessianOperator, TensorBatches
 from linop.inverse import METHODS, InverseOperator, SolveInfo, solve
 from linop.interop import ScipyOperator, aslinearoperator, to_scipy
-from linop.projection import ArnoldiProjection, ProjectionOperator, RandomProjection
+from linop.projection import (
+    ArnoldiProjection,
+    ProjectionOperator,
+    RandomProjection,
+    SeededBlockProjection,
+)
 from linop.operator import DEFAULT_DENSE_BUDGET_BYTES, LinearOperator
 from linop.structured import DenseOperator, DiagonalOperator, IdentityOperator, LowRankOperator
 from linop.tags import Tags
@@ -52,6 +57,7 @@ __all__ = [
     "ArnoldiProjection",
     "ProjectionOperator",
     "RandomProjection",
+    "SeededBlockProjection",
     "ConvergenceWarning",
     "DivergenceError",
     "InverseOperator",

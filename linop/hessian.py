@@ -33,7 +33,7 @@ from linop.flat import FlatSpec, Tree
 from linop.operator import LinearOperator
 from linop.tags import Tags
 
-__all__ = ["HessianOperator", "MODES"]
+__all__ = ["HessianOperator", "TensorBatches", "MODES", "hvp"]
 
 #: The automatic-differentiation modes a HessianOperator accepts.
 MODES = ("rev-rev", "rev-fwd")
@@ -53,6 +53,32 @@ def _as_scalar(loss: Any) -> torch.Tensor:
             f"reduce it, e.g. with .mean() or .sum()"
         )
     return loss.reshape(())
+
+
+def hvp(
+    func: Callable[..., torch.Tensor],
+    primals: tuple[Any, ...],
+    v: torch.Tensor,
+    argnums: int = 0,
+    mode: str = "rev-rev",
+) -> torch.Tensor:
+    """One Hessian-vector product of ``func`` at ``primals`` with respect to the tensor
+    ``primals[argnums]``, as a pure function: no checks, no caching, composable with
+    ``torch.func.vmap`` over ``primals`` or ``v``. Only ``primals[argnums]`` is differentiated.
+
+    Example:
+        >>> import torch
+        >>> from linop.hessian import hvp
+        >>> hvp(lambda x: (x ** 3).sum(), (torch.tensor([1.0, 2.0]),), torch.ones(2)).tolist()
+        [6.0, 12.0]
+    """
+    _check_mode(mode)
+    primals = tuple(primals)
+    before, after = primals[:argnums], primals[argnums + 1 :]
+    g = grad(lambda p: _as_scalar(func(*before, p, *after)))
+    if mode == "rev-rev":
+        return vjp(g, primals[argnums])[1](v)[0]
+    return jvp(g, (primals[argnums],), (v,))[1]
 
 
 class _Batch:
@@ -257,20 +283,23 @@ class HessianOperator(LinearOperator):
         cls,
         func: Callable[..., torch.Tensor],
         params: Tree,
-        data: tuple[torch.Tensor, ...],
+        data: tuple[Any, ...],
         batch_size: int,
         argnums: int = 0,
         mode: str = "rev-rev",
+        *,
+        in_dims: tuple[int | None, ...] | None = None,
         **options: Any,
     ) -> HessianOperator:
-        """The Hessian of the mean loss over tensors ``data`` (sharing a leading example
-        dimension), evaluated in batches of ``batch_size``. Options as :meth:`from_batches`.
+        """The Hessian of the mean loss over inputs ``data`` sharing an example dimension
+        (dimension 0, or as ``in_dims`` says; None marks an input shared by all examples),
+        evaluated in batches of ``batch_size``. Options as :meth:`from_batches`.
 
         Minibatches for stochastic methods (:meth:`sample`) are drawn example by example.
         """
-        return cls.from_batches(
-            func, params, TensorBatches(data, batch_size), argnums, mode, **options
-        )
+        batches = TensorBatches(data, batch_size, in_dims)
+        options.setdefault("batch_size_of", lambda b: _examples_in(batches, b))
+        return cls.from_batches(func, params, batches, argnums, mode, **options)
 
     @classmethod
     def from_module(
@@ -337,8 +366,8 @@ class HessianOperator(LinearOperator):
         """The Hessian at one random minibatch of the dataset, drawn reproducibly from
         ``generator`` (the hook stochastic solvers such as LiSSA use).
 
-        With :meth:`from_data` (or a DataLoader, through its dataset) ``batch_size`` examples
-        are drawn uniformly with replacement; with a list of batches, one batch is drawn and
+        With :meth:`from_data` (or a DataLoader, through its dataset) ``batch_size`` distinct
+        examples are drawn uniformly; with a list of batches, one batch is drawn and
         ``batch_size`` must be None. On a one-batch operator it returns the operator itself.
         """
         if self.batches is None:
@@ -347,7 +376,9 @@ class HessianOperator(LinearOperator):
         if isinstance(source, TensorBatches) or _is_dataloader(source):
             n = len(source.dataset) if _is_dataloader(source) else source.num_examples
             size = batch_size or getattr(source, "batch_size", None) or 1
-            idx = torch.randint(n, (size,), generator=generator)
+            if size > n:
+                raise ValueError(f"batch_size {size} exceeds the {n} examples of the dataset")
+            idx = torch.randperm(n, generator=generator)[:size]
             others = source.take(idx) if isinstance(source, TensorBatches) else _collate(source, idx)
         elif isinstance(source, Sequence):
             if batch_size is not None:
@@ -377,38 +408,56 @@ class HessianOperator(LinearOperator):
 
 
 class TensorBatches(Sequence):
-    """Tensors sharing a leading example dimension, seen as a sequence of batches.
+    """Tensors sharing an example dimension, seen as a sequence of batches.
 
     Args:
-        data: the tensors (e.g. ``(X, y)``).
+        data: the inputs (e.g. ``(X, y)``).
         batch_size: examples per batch (the last batch may be smaller).
+        in_dims: for every input, the dimension that indexes examples, or None for an input
+            shared by every example (default: dimension 0 of every input).
     """
 
-    def __init__(self, data: tuple[torch.Tensor, ...], batch_size: int) -> None:
+    def __init__(
+        self, data: tuple[Any, ...], batch_size: int, in_dims: tuple[int | None, ...] | None = None
+    ) -> None:
         data = tuple(data)
-        if not data or not all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in data):
-            raise TypeError("data must be a non-empty tuple of tensors with an example dimension")
-        sizes = {t.shape[0] for t in data}
+        in_dims = tuple(in_dims) if in_dims is not None else (0,) * len(data)
+        if len(in_dims) != len(data):
+            raise ValueError(f"in_dims has {len(in_dims)} entries for {len(data)} inputs")
+        sizes = {t.shape[d] for t, d in zip(data, in_dims) if d is not None}
+        if not sizes:
+            raise TypeError("at least one input must have an example dimension")
         if len(sizes) != 1:
-            raise ValueError(f"every tensor needs the same number of examples, got {sorted(sizes)}")
+            raise ValueError(f"every input needs the same number of examples, got {sorted(sizes)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.data = data
+        self.data, self.in_dims = data, in_dims
         self.batch_size = int(batch_size)
-        self.num_examples = data[0].shape[0]
+        self.num_examples = sizes.pop()
 
     def __len__(self) -> int:
         return math.ceil(self.num_examples / self.batch_size)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+    def __getitem__(self, i: int) -> tuple[Any, ...]:  # type: ignore[override]
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         start = (i % len(self)) * self.batch_size
-        return tuple(t[start : start + self.batch_size] for t in self.data)
+        stop = min(self.num_examples, start + self.batch_size)
+        return tuple(
+            t if d is None else t.narrow(d, start, stop - start) for t, d in zip(self.data, self.in_dims)
+        )
 
-    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def take(self, index: torch.Tensor) -> tuple[Any, ...]:
         """The examples at ``index``, as one batch."""
-        return tuple(t[index.to(t.device)] for t in self.data)
+        return tuple(
+            t if d is None else t.index_select(d, index.to(t.device))
+            for t, d in zip(self.data, self.in_dims)
+        )
+
+
+def _examples_in(batches: TensorBatches, batch: tuple[Any, ...]) -> int:
+    d = next(i for i, d in enumerate(batches.in_dims) if d is not None)
+    return int(batch[d].shape[batches.in_dims[d]])
 
 
 def _as_tuple(batch: Any) -> tuple[Any, ...]:

@@ -13,10 +13,11 @@ cutoff are inverted as they are (the exact inverse on their eigenvector) with th
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
+
+from linop._warn import warn
 
 from linop.errors import NegativeCurvatureWarning, ShapeMismatchError
 from linop.inverse import SolveInfo, Strategy, register
@@ -125,12 +126,11 @@ def _shifted_values(values: torch.Tensor, shift: float, cutoff: float, what: str
     small = d.abs() <= cutoff * big
     negative = (d < 0) & ~small
     if bool(small.any()) or bool(negative.any()):
-        warnings.warn(
+        warn(
             f"{what}: {int(small.sum())} eigenvalue(s) θ + λ within {cutoff:g}·max|θ + λ| of zero "
             f"were dropped and {int(negative.sum())} negative one(s) inverted as they are; the "
             f"operator is not positive definite on its top eigenspace. A larger shift λ avoids this",
             NegativeCurvatureWarning,
-            stacklevel=5,
         )
     return torch.where(small, torch.zeros_like(d), 1 / torch.where(small, torch.ones_like(d), d))
 

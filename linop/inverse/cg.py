@@ -12,11 +12,12 @@ is read on the host (one sync) and the products shrink to the still-active colum
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from linop._warn import warn
 
 from linop.errors import ConvergenceWarning, NegativeCurvatureWarning, ShapeMismatchError
 from linop.inverse import SolveInfo, Strategy, register
@@ -154,20 +155,18 @@ class CGStrategy(Strategy):
                 reasons.append("maxiter reached")
         n_curv, n_slow = int(curvature.sum()), sum(r == "maxiter reached" for r in reasons)
         if n_curv:
-            warnings.warn(
+            warn(
                 f"CG met non-positive curvature in {n_curv} of {len(reasons)} column(s) and "
                 f"stopped them at their last iterate; the operator is not positive definite. "
                 f"Add a shift (A + lam * I) with lam > 0, or use method='explicit'",
                 NegativeCurvatureWarning,
-                stacklevel=5,
             )
         if n_slow:
-            warnings.warn(
+            warn(
                 f"CG did not reach the tolerance in {n_slow} of {len(reasons)} column(s) within "
                 f"maxiter; max relative residual {float(residuals.max()):.2e}. Raise maxiter, "
                 f"add a shift, or use preconditioner='arnoldi'",
                 ConvergenceWarning,
-                stacklevel=5,
             )
         return SolveInfo(
             method=self.name,

@@ -8,9 +8,10 @@ singular matrix raises :class:`~linop.errors.SingularOperatorError` suggesting a
 
 from __future__ import annotations
 
-import warnings
 
 import torch
+
+from linop._warn import warn
 
 from linop.errors import NegativeCurvatureWarning, SingularOperatorError
 from linop.inverse import SolveInfo, Strategy, register
@@ -48,11 +49,10 @@ class ExplicitStrategy(Strategy):
                 raise _singular(M, "Cholesky failed on a matrix tagged positive semi-definite")
         self._lu(M.to(torch.float64) if A.tags.symmetric else M)
         if A.tags.symmetric:
-            warnings.warn(
+            warn(
                 "the symmetric matrix is not positive definite (Cholesky failed); solved by LU. "
                 "For a Hessian, this means negative curvature: consider a shift lam > 0",
                 NegativeCurvatureWarning,
-                stacklevel=4,
             )
         return A.shape[1]
 

@@ -130,7 +130,7 @@ def test_sample_draws_reproducible_minibatches():
     c = H.sample(torch.Generator().manual_seed(8), batch_size=5)
     assert_close(a.to_dense(), b.to_dense())
     assert not torch.allclose(a.to_dense(), c.to_dense())
-    idx = torch.randint(30, (5,), generator=torch.Generator().manual_seed(7))
+    idx = torch.randperm(30, generator=torch.Generator().manual_seed(7))[:5]
     assert_close(a.to_dense(), hessian(loss)(w, X[idx], y[idx]))
     batches = [(X[:10], y[:10]), (X[10:], y[10:])]
     Hb = HessianOperator.from_batches(loss, w, batches)
@@ -193,3 +193,8 @@ def test_tensor_batches():
         tb[3]
     with pytest.raises(ValueError, match="same number"):
         TensorBatches((X, y[:3]), 2)
+    shared = TensorBatches((X.T, torch.ones(3), y), 2, in_dims=(1, None, 0))
+    assert len(shared) == 3 and shared[1][0].shape == (2, 2) and shared[1][1].shape == (3,)
+    assert torch.equal(shared.take(torch.tensor([4, 0]))[2], torch.tensor([4, 0]))
+    with pytest.raises(ValueError, match="in_dims"):
+        TensorBatches((X, y), 2, in_dims=(0,))

@@ -265,9 +265,10 @@ def test_cg_x0_and_preconditioner_operator_or_callable():
 def test_cg_on_an_indefinite_matrix_warns_and_keeps_finite_iterates():
     M = torch.diag(torch.tensor([3.0, 2.0, -1.0, 1.0], dtype=D64))
     A = DenseOperator(M)
-    with pytest.warns(NegativeCurvatureWarning, match="not positive definite"):
+    with pytest.warns(NegativeCurvatureWarning, match="not positive definite") as record:
         inv = A.inverse("cg")
         X = inv @ torch.ones(4, 2, dtype=D64)
+    assert record[0].filename == __file__  # the warning points at the caller's line
     assert torch.isfinite(X).all()
     assert not inv.info.converged.any()
     assert "curvature" in inv.info.reasons[0]
