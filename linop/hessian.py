@@ -135,6 +135,8 @@ class _Batch:
 
     def matmat(self, V: torch.Tensor, cache: bool) -> torch.Tensor:
         fn = self.hvp_fn(cache)
+        if V.shape[1] == 1:  # one column: vmap would only add overhead
+            return fn(V[:, 0]).unsqueeze(1)
         return vmap(fn, in_dims=1, out_dims=1, chunk_size=self.owner.chunk_size)(V)
 
 
