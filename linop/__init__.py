@@ -27,6 +27,7 @@ from linop.algebra import (
 from linop.errors import (
     ConvergenceWarning,
     DenseMemoryError,
+    DistributedError,
     DivergenceError,
     NegativeCurvatureWarning,
     SingularOperatorError,
@@ -59,6 +60,7 @@ __all__ = [
     "RandomProjection",
     "SeededBlockProjection",
     "ConvergenceWarning",
+    "DistributedError",
     "DivergenceError",
     "InverseOperator",
     "METHODS",

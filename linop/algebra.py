@@ -201,12 +201,11 @@ class RegularizedOperator(LinearOperator):
         return self if self.tags.symmetric else RegularizedOperator(self.base.adjoint(), self.shift)
 
     def eigh(self, k: int, **options: object) -> LinearOperator:
-        """The base's top-``k`` eigenpairs (cached on the base) with eigenvalues ``θ + λ``: a
-        sweep over ``λ`` reuses one decomposition."""
-        from linop.structured import LowRankOperator
+        """The top-``k`` eigenpairs of ``base + λI``, from the base's Lanczos run (cached on the
+        base): a sweep over ``λ`` reuses one decomposition."""
+        from linop.inverse.arnoldi import eigh
 
-        low = self.base.eigh(k, **options)
-        return LowRankOperator(low.vectors, low.values + self.shift)
+        return eigh(self.base, k, shift=self.shift, **options)[0]
 
     def _repr_args(self) -> str:
         return f"shift={self.shift:g}"

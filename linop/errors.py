@@ -16,6 +16,7 @@ __all__ = [
     "NonFiniteError",
     "SingularOperatorError",
     "DivergenceError",
+    "DistributedError",
     "ConvergenceWarning",
     "NegativeCurvatureWarning",
 ]
@@ -55,6 +56,10 @@ class SingularOperatorError(LinopError, ArithmeticError):
 
 class DivergenceError(LinopError, ArithmeticError):
     """An iterative method's iterates grew without bound or became non-finite."""
+
+
+class DistributedError(LinopError, RuntimeError):
+    """A collective operation failed or timed out: another rank died, exited or is stuck."""
 
 
 class ConvergenceWarning(UserWarning):

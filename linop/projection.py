@@ -9,8 +9,6 @@ inner products of projected vectors approximate ``gᵀ (H + λI)⁻¹ g'``.
 
 Example:
     >>> import torch
-
-from linop._warn import warn
     >>> from linop import ProjectionOperator
     >>> P = ProjectionOperator.random(10_000, 256, seed=0)
     >>> G = torch.randn(4, 10_000)
@@ -26,6 +24,7 @@ from typing import Any
 
 import torch
 
+from linop._warn import warn
 from linop.errors import DTypeMismatchError, NegativeCurvatureWarning, ShapeMismatchError
 from linop.flat import FlatSpec
 from linop.kernels import hash as khash

@@ -26,37 +26,52 @@ from linop.structured import LowRankOperator
 
 
 def _lanczos(A: LinearOperator, steps: int, seed: int, tol: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``steps`` Lanczos steps with full reorthogonalisation; returns ``(Q, alpha, beta)``."""
+    """``steps`` Lanczos steps with full reorthogonalisation; returns ``(Q, alpha, beta)`` with
+    the basis as rows of ``Q`` ``(steps, n)`` (contiguous rows keep the reorthogonalisation, the
+    dominant cost besides the products, memory-friendly).
+
+    Each step applies the three-term recurrence, then one classical Gram–Schmidt pass against the
+    whole basis, and a second pass only when the first removed most of the vector (the
+    Daniel–Gragg–Kaufman–Stewart criterion: "twice is enough").
+    """
     n = A.shape[0]
     steps = min(steps, n)
     g = torch.Generator().manual_seed(seed)
     threshold = 100 * torch.finfo(A.dtype).eps if tol is None else tol
 
-    def fresh(Q: torch.Tensor) -> torch.Tensor:
-        q = torch.randn(n, 1, generator=g, dtype=torch.float64).to(A.device, A.dtype)
+    def orthogonalise(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+        before = w.norm()
+        w = w - basis.mT @ (basis @ w)
+        if bool(w.norm() < 0.7071 * before):
+            w = w - basis.mT @ (basis @ w)
+        return w
+
+    def fresh(basis: torch.Tensor) -> torch.Tensor:
+        q = torch.randn(n, generator=g, dtype=torch.float64).to(A.device, A.dtype)
         for _ in range(2):
-            q = q - Q @ (Q.mT @ q)
+            q = q - basis.mT @ (basis @ q)
         return q / q.norm()
 
-    Q = torch.empty(n, steps, dtype=A.dtype, device=A.device)
+    Q = torch.empty(steps, n, dtype=A.dtype, device=A.device)
     alpha = torch.zeros(steps, dtype=torch.float64)
     beta = torch.zeros(steps, dtype=torch.float64)
-    q = fresh(Q[:, :0])
+    q = fresh(Q[:0])
     scale = 0.0
     for j in range(steps):
-        Q[:, j : j + 1] = q
-        w = A._matmat(q)
-        a = float((q.mT @ w).squeeze())
+        Q[j] = q
+        w = A._matmat(q.unsqueeze(1)).squeeze(1)
+        a = float(q @ w)
         alpha[j] = a
-        basis = Q[:, : j + 1]
-        for _ in range(2):  # full reorthogonalisation, twice is enough
-            w = w - basis @ (basis.mT @ w)
+        w = w - a * q
+        if j > 0 and beta[j - 1] != 0:
+            w = w - float(beta[j - 1]) * Q[j - 1]
+        w = orthogonalise(w, Q[: j + 1])
         b = float(w.norm())
         scale = max(scale, abs(a), b)
         if j + 1 == steps:
             break
         if b <= threshold * scale:
-            q = fresh(basis)  # invariant subspace found: restart orthogonally, T decouples
+            q = fresh(Q[: j + 1])  # invariant subspace found: restart orthogonally, T decouples
             beta[j] = 0.0
         else:
             q = w / b
@@ -72,8 +87,14 @@ def eigh(
     seed: int = 0,
     tol: float | None = None,
     which: str = "LM",
+    shift: float = 0.0,
 ) -> tuple[LowRankOperator, int]:
-    """The top-``k`` eigenpairs of a symmetric operator and the products it cost (0 when cached).
+    """The top-``k`` eigenpairs of ``A + shift·I`` for a symmetric ``A``, and the products the
+    call cost (0 when cached).
+
+    The Lanczos run on ``A`` is cached on ``A`` (its Krylov space is that of ``A + shift·I`` for
+    every shift), so a sweep over shifts costs no new products; the top ``k`` are chosen among the
+    shifted Ritz values.
 
     Args:
         A: a symmetric operator.
@@ -84,7 +105,8 @@ def eigh(
         tol: the relative breakdown threshold: a new direction shorter than ``tol`` times the
             largest entry of ``T`` so far means an invariant subspace was found, and Lanczos
             restarts (default ``100 · eps`` of the dtype).
-        which: ``"LM"`` (largest magnitude) or ``"LA"`` (largest algebraic).
+        which: ``"LM"`` (largest magnitude of ``θ + shift``) or ``"LA"`` (largest algebraic).
+        shift: ``λ`` in ``A + λI``.
     """
     if not A.tags.symmetric:
         raise ValueError(f"eigh needs a symmetric operator; {A!r} is not tagged symmetric "
@@ -97,19 +119,20 @@ def eigh(
     steps = min(n, maxiter if maxiter is not None else max(2 * k, k + 20))
     if steps < k:
         raise ValueError(f"maxiter={maxiter} Lanczos steps cannot resolve k={k} eigenpairs")
-    key = (k, steps, seed, tol, which)
-    cache: dict[Any, LowRankOperator] = A.__dict__.setdefault("_eigh_cache", {})
-    if key in cache:
-        return cache[key], 0
-    Q, alpha, beta = _lanczos(A, steps, seed, tol)
-    m = alpha.shape[0]
-    T = torch.diag(alpha) + torch.diag(beta[: m - 1], 1) + torch.diag(beta[: m - 1], -1)
-    theta, S = torch.linalg.eigh(T)
-    order = torch.argsort(theta.abs() if which == "LM" else theta, descending=True)[:k]
-    V = Q[:, :m] @ S[:, order].to(Q.device, Q.dtype)
-    result = LowRankOperator(V, theta[order].to(Q.device, Q.dtype))
-    cache[key] = result
-    return result, m
+    key = (steps, seed, tol)
+    cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = A.__dict__.setdefault("_ritz_cache", {})
+    hvps = 0
+    if key not in cache:
+        Q, alpha, beta = _lanczos(A, steps, seed, tol)
+        m = alpha.shape[0]
+        T = torch.diag(alpha) + torch.diag(beta[: m - 1], 1) + torch.diag(beta[: m - 1], -1)
+        theta, S = torch.linalg.eigh(T)
+        cache[key] = (Q[:m].mT @ S.to(Q.device, Q.dtype), theta)
+        hvps = m
+    V, theta = cache[key]
+    values = theta + shift
+    order = torch.argsort(values.abs() if which == "LM" else values, descending=True)[:k]
+    return LowRankOperator(V[:, order.to(V.device)], values[order].to(V.device, V.dtype)), hvps
 
 
 def _split_shift(A: LinearOperator) -> tuple[LinearOperator, float]:
@@ -118,10 +141,9 @@ def _split_shift(A: LinearOperator) -> tuple[LinearOperator, float]:
     return (A.base, A.shift) if isinstance(A, RegularizedOperator) else (A, 0.0)
 
 
-def _shifted_values(values: torch.Tensor, shift: float, cutoff: float, what: str) -> torch.Tensor:
-    """``θ + λ`` with the documented handling of small and negative values: returns the
-    reciprocals, zero where dropped."""
-    d = values + shift
+def _reciprocals(d: torch.Tensor, cutoff: float, what: str) -> torch.Tensor:
+    """``1 / (θ + λ)`` with the documented handling of small and negative values: zero where
+    dropped."""
     big = float(d.abs().max()) if d.numel() else 0.0
     small = d.abs() <= cutoff * big
     negative = (d < 0) & ~small
@@ -152,8 +174,8 @@ class ArnoldiStrategy(Strategy):
             raise ValueError("complement=True needs a shift λ > 0: it adds (I − VVᵀ)/λ")
         rank = min(o["rank"], base.shape[0])
         self.low, hvps = eigh(base, rank, maxiter=o["maxiter"], seed=o["seed"], tol=o["tol"],
-                              which=o["which"])
-        self.inv_values = _shifted_values(self.low.values, self.shift, o["cutoff"], "arnoldi inverse")
+                              which=o["which"], shift=self.shift)
+        self.inv_values = _reciprocals(self.low.values, o["cutoff"], "arnoldi inverse")
         return hvps
 
     def solve(self, B: torch.Tensor) -> tuple[torch.Tensor, SolveInfo]:
@@ -179,8 +201,9 @@ def deflation_preconditioner(A: LinearOperator, options: dict[str, Any]) -> tupl
     the rest below it: CG then sees the condition number of the unresolved spectrum."""
     base, shift = _split_shift(A)
     rank = min(options["rank"], base.shape[0])
-    low, hvps = eigh(base, rank, maxiter=options["arnoldi_maxiter"], seed=options["seed"], which="LA")
-    d = low.values + shift
+    low, hvps = eigh(base, rank, maxiter=options["arnoldi_maxiter"], seed=options["seed"], which="LA",
+                     shift=shift)
+    d = low.values
     if not bool((d > 0).all()):
         raise ValueError(
             "preconditioner='arnoldi' needs a positive definite operator, but some of its top "

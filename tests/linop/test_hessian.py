@@ -91,8 +91,9 @@ def test_chunk_size_and_cache_do_not_change_results():
     ref = HessianOperator(loss, (w, X, y)) @ V
     for mode in MODES:
         for cache in (True, False):
-            H = HessianOperator(loss, (w, X, y), mode=mode, chunk_size=3, cache=cache)
-            assert_close(H @ V, ref)
+            for vectorize in (True, False, None):
+                H = HessianOperator(loss, (w, X, y), mode=mode, chunk_size=3, cache=cache, vectorize=vectorize)
+                assert_close(H @ V, ref)
             assert_close(H @ V, ref)  # the cached linearisation is reused
 
 
@@ -198,3 +199,17 @@ def test_tensor_batches():
     assert torch.equal(shared.take(torch.tensor([4, 0]))[2], torch.tensor([4, 0]))
     with pytest.raises(ValueError, match="in_dims"):
         TensorBatches((X, y), 2, in_dims=(0,))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_repeated_products_do_not_drift(mode):
+    """torch.func.linearize's cached function drifts on repeated calls (torch 2.13); products at a
+    fixed point must give the same answer every time."""
+    g = _gen(5)
+    X, y = torch.randn(50, 4, generator=g), (torch.rand(50, generator=g) > 0.5).float()
+    f = lambda w, X, y: torch.nn.functional.binary_cross_entropy_with_logits(X @ w, y)  # noqa: E731
+    w, v = torch.randn(4, generator=g), torch.randn(4, generator=g)
+    H = HessianOperator(f, (w, X, y), mode=mode)
+    ref = hessian(f)(w, X, y) @ v
+    for _ in range(6):
+        torch.testing.assert_close(H @ v, ref, rtol=1e-5, atol=1e-6)

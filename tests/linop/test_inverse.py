@@ -375,3 +375,10 @@ def test_progress_bars_do_not_change_results():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         A.inverse("lissa", progress=True, scale=20.0, depth=10) @ b
+
+
+def test_eigh_of_a_regularized_operator_ranks_the_shifted_values():
+    H = DenseOperator(torch.diag(torch.tensor([-3.0, -1.5, 1.0, 2.0], dtype=D64)))
+    R = H + 2.5 * IdentityOperator.like(H)
+    assert_close(R.eigh(2, maxiter=4).values, torch.tensor([4.5, 3.5], dtype=D64), 1e-10)
+    assert_close(H.eigh(2, maxiter=4).values, torch.tensor([-3.0, 2.0], dtype=D64), 1e-10)

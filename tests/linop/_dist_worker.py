@@ -1,0 +1,65 @@
+"""One rank of the distributed tests: ``python _dist_worker.py RANK WORLD RENDEZVOUS OUT SCENARIO``.
+
+Builds a dataset HessianOperator over this rank's uneven shard of a fixed problem and saves what
+the scenario computes (or the error it raised) to OUT.
+"""
+
+import datetime
+import sys
+import warnings
+
+import torch
+import torch.distributed as dist
+
+import linop
+
+
+def problem():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(23, 3, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 2, (23,), generator=g)
+    w = 0.1 * torch.randn(6, dtype=torch.float64, generator=g)
+    V = torch.randn(6, 3, dtype=torch.float64, generator=g)
+    return X, y, w, V
+
+
+def loss(w, X, y):
+    return torch.nn.functional.cross_entropy(X @ w.reshape(3, 2), y)
+
+
+SPLIT = 15  # rank 0 holds 15 examples, rank 1 holds 8: uneven shards
+
+
+def main() -> None:
+    rank, world, rendezvous, out, scenario = sys.argv[1:6]
+    rank, world = int(rank), int(world)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    X, y, w, V = problem()
+    shard = slice(0, SPLIT) if rank == 0 else slice(SPLIT, None)
+    result = {}
+    try:
+        H = linop.HessianOperator.from_data(loss, w, (X[shard], y[shard]), batch_size=4,
+                                            process_group="world", timeout=5.0)
+        if scenario == "fail":
+            if rank == 1:
+                raise RuntimeError("rank 1 fails on purpose")
+            H @ V  # rank 1 never arrives
+        else:
+            A = H + 0.1 * linop.IdentityOperator.like(H)
+            result["HV"] = H @ V
+            result["grad"] = H.gradient()
+            result["cg"] = A.inverse("cg", rtol=1e-12) @ V
+            result["eig"] = H.eigh(6, maxiter=6).values
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result["lissa"] = A.inverse("lissa", batch_size=4, depth=50, scale=5.0, seed=3) @ V
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        result["error"] = f"{type(e).__name__}: {e}"
+    torch.save(result, out)
+    if "error" not in result:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
