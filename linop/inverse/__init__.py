@@ -48,7 +48,8 @@ class SolveInfo:
         iterations: ``(k,)`` iterations per right-hand side (0 for direct solves).
         residuals: ``(k,)`` final relative residuals ``‖b − Ax‖ / ‖b‖`` (NaN where the method
             does not compute them; see ``reasons``).
-        converged: ``(k,)`` whether each column met its tolerance.
+        converged: ``(k,)`` whether each column met its tolerance (True for methods that check
+            none — arnoldi, lissa — whose residuals are NaN and whose ``str`` says so).
         reasons: why each column stopped.
         hvps: how many operator-vector products the solve made (columns counted), set-up
             included when it ran in this call.
@@ -68,6 +69,11 @@ class SolveInfo:
         k = len(self.reasons)
         done = int(self.converged.sum())
         finite = self.residuals[torch.isfinite(self.residuals)]
+        if k and not finite.numel():  # arnoldi, lissa: nothing was checked
+            return (
+                f"{self.method}: {k} columns done (convergence not checked: residual not "
+                f"computed), {self.hvps} operator products, {self.seconds:.3f} s"
+            )
         res = f"{float(finite.max()):.2e}" if finite.numel() else "not computed"
         return (
             f"{self.method}: {done}/{k} columns converged, max iterations "
