@@ -39,15 +39,12 @@ from linop.errors import (
     ShapeMismatchError,
 )
 from linop.flat import FlatSpec
-from linop.hessian import HessianOperator, TensorBatches
+from linop.data import TensorBatches
+from linop.hessian import HessianOperator
 from linop.inverse import METHODS, InverseOperator, SolveInfo, solve
 from linop.interop import ScipyOperator, aslinearoperator, to_scipy
-from linop.projection import (
-    ArnoldiProjection,
-    ProjectionOperator,
-    RandomProjection,
-    SeededBlockProjection,
-)
+from linop.projection import ArnoldiProjection, ProjectionOperator, RandomProjection
+from linop.seeded_projection import SeededBlockProjection
 from linop.operator import DEFAULT_DENSE_BUDGET_BYTES, LinearOperator
 from linop.structured import DenseOperator, DiagonalOperator, IdentityOperator, LowRankOperator
 from linop.tags import Tags

@@ -20,13 +20,13 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch.func import grad, jvp, vjp, vmap
 
+from linop.data import TensorBatches, _as_tuple, _collate, _examples_in, _is_dataloader, _leading_size
 from linop.distributed import DEFAULT_TIMEOUT_SECONDS, all_reduce_sum, resolve_group
 from linop.distributed import rank as dist_rank
 from linop.distributed import world_size as dist_world_size
@@ -35,7 +35,7 @@ from linop.flat import FlatSpec, Tree
 from linop.operator import LinearOperator
 from linop.tags import Tags
 
-__all__ = ["HessianOperator", "TensorBatches", "MODES", "hvp"]
+__all__ = ["HessianOperator", "MODES", "hvp"]
 
 #: The automatic-differentiation modes a HessianOperator accepts.
 MODES = ("rev-rev", "rev-fwd")
@@ -442,75 +442,3 @@ class HessianOperator(LinearOperator):
     def _repr_args(self) -> str:
         data = "one batch" if self.batches is None else "dataset"
         return f"mode={self.mode!r}, {data}"
-
-
-class TensorBatches(Sequence):
-    """Tensors sharing an example dimension, seen as a sequence of batches.
-
-    Args:
-        data: the inputs (e.g. ``(X, y)``).
-        batch_size: examples per batch (the last batch may be smaller).
-        in_dims: for every input, the dimension that indexes examples, or None for an input
-            shared by every example (default: dimension 0 of every input).
-    """
-
-    def __init__(
-        self, data: tuple[Any, ...], batch_size: int, in_dims: tuple[int | None, ...] | None = None
-    ) -> None:
-        data = tuple(data)
-        in_dims = tuple(in_dims) if in_dims is not None else (0,) * len(data)
-        if len(in_dims) != len(data):
-            raise ValueError(f"in_dims has {len(in_dims)} entries for {len(data)} inputs")
-        sizes = {t.shape[d] for t, d in zip(data, in_dims) if d is not None}
-        if not sizes:
-            raise TypeError("at least one input must have an example dimension")
-        if len(sizes) != 1:
-            raise ValueError(f"every input needs the same number of examples, got {sorted(sizes)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.data, self.in_dims = data, in_dims
-        self.batch_size = int(batch_size)
-        self.num_examples = sizes.pop()
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_examples / self.batch_size)
-
-    def __getitem__(self, i: int) -> tuple[Any, ...]:  # type: ignore[override]
-        if not -len(self) <= i < len(self):
-            raise IndexError(i)
-        start = (i % len(self)) * self.batch_size
-        stop = min(self.num_examples, start + self.batch_size)
-        return tuple(
-            t if d is None else t.narrow(d, start, stop - start) for t, d in zip(self.data, self.in_dims)
-        )
-
-    def take(self, index: torch.Tensor) -> tuple[Any, ...]:
-        """The examples at ``index``, as one batch."""
-        return tuple(
-            t if d is None else t.index_select(d, index.to(t.device))
-            for t, d in zip(self.data, self.in_dims)
-        )
-
-
-def _examples_in(batches: TensorBatches, batch: tuple[Any, ...]) -> int:
-    d = next(i for i, d in enumerate(batches.in_dims) if d is not None)
-    return int(batch[d].shape[batches.in_dims[d]])
-
-
-def _as_tuple(batch: Any) -> tuple[Any, ...]:
-    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
-
-
-def _leading_size(batch: tuple[Any, ...]) -> int:
-    for t in batch:
-        if isinstance(t, torch.Tensor) and t.ndim >= 1:
-            return int(t.shape[0])
-    raise ValueError("cannot tell the batch size: no tensor input has a leading dimension")
-
-
-def _is_dataloader(obj: Any) -> bool:
-    return isinstance(obj, torch.utils.data.DataLoader)
-
-
-def _collate(loader: torch.utils.data.DataLoader, index: torch.Tensor) -> tuple[Any, ...]:
-    return _as_tuple(loader.collate_fn([loader.dataset[int(i)] for i in index]))
