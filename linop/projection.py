@@ -45,6 +45,18 @@ _DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 DEFAULT_CACHE_BYTES = 1 << 30
 
 
+def _validate(kind: str, kinds: tuple[str, ...], dtype: torch.dtype, n: int, k: int) -> None:
+    """The checks every random projection makes on its arguments."""
+    if kind not in kinds:
+        raise ValueError(f"unknown projection kind {kind!r}; valid kinds are {', '.join(kinds)}")
+    if dtype not in _DTYPES:
+        raise DTypeMismatchError(
+            f"unsupported dtype {dtype}; projections support {', '.join(map(str, _DTYPES))}"
+        )
+    if n < 1 or k < 1:
+        raise ValueError(f"n and k must be positive, got n={n}, k={k}")
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -142,14 +154,7 @@ class RandomProjection(ProjectionOperator):
         nnz: int = 4,
         use_kernel: bool = True,
     ) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"unknown projection kind {kind!r}; valid kinds are {', '.join(KINDS)}")
-        if dtype not in _DTYPES:
-            raise DTypeMismatchError(
-                f"unsupported dtype {dtype}; projections support {', '.join(map(str, _DTYPES))}"
-            )
-        if n < 1 or k < 1:
-            raise ValueError(f"n and k must be positive, got n={n}, k={k}")
+        _validate(kind, KINDS, dtype, n, k)
         if block_size < 32 or not 1 <= nnz <= k:
             raise ValueError(
                 f"block_size must be at least 32 and 1 <= nnz <= k, got {block_size}, {nnz}"

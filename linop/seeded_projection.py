@@ -20,11 +20,11 @@ import torch
 from linop.errors import DTypeMismatchError
 from linop.operator import LinearOperator
 from linop.projection import (
-    _DTYPES,
     DEFAULT_CACHE_BYTES,
     ProjectionOperator,
     _compute_dtype,
     _ProjectionAdjoint,
+    _validate,
 )
 from linop.tags import Tags
 
@@ -104,17 +104,12 @@ class SeededBlockProjection(ProjectionOperator):
         chunk_rows: int | None = None,
         cache_bytes: int | None = None,
     ) -> None:
-        if kind not in SEEDED_KINDS:
-            raise ValueError(f"unknown kind {kind!r}; valid kinds are {', '.join(SEEDED_KINDS)}")
-        if dtype not in _DTYPES:
-            raise DTypeMismatchError(
-                f"unsupported dtype {dtype}; projections support {', '.join(map(str, _DTYPES))}"
-            )
+        _validate(kind, SEEDED_KINDS, dtype, n, k)
         sample_dtype = dtype if sample_dtype is None else sample_dtype
         if not sample_dtype.is_floating_point or sample_dtype.is_complex:
             raise DTypeMismatchError(f"sample_dtype must be a real floating dtype, got {sample_dtype}")
-        if n < 1 or k < 1 or block_size < 1:
-            raise ValueError(f"n, k and block_size must be positive, got {n}, {k}, {block_size}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be positive, got {block_size}")
         super().__init__((k, n), dtype, device, Tags())
         self.kind, self.seed, self.seed_stride = kind, int(seed), int(seed_stride)
         self.sample_dtype = sample_dtype
