@@ -81,11 +81,37 @@ if triton is not None:
         tl.atomic_add(out, acc, mask=mask)
 
 
+@functools.lru_cache(maxsize=None)
+def self_test(device: str, dtype: torch.dtype) -> None:
+    """Once per device and dtype: the kernel must agree with the pure-torch reference on a small
+    problem whose sizes are not multiples of the tiles; otherwise raise, never return wrong
+    numbers."""
+    from linop.kernels.hash import rademacher_block
+
+    g = torch.Generator().manual_seed(0)
+    B, n, k = 5, 1000, 70
+    X = torch.randn(B, n, generator=g).to(dtype)
+    ref = X.float() @ rademacher_block(12345, k, 0, n, dtype=torch.float32).mT
+    out = _launch(X.to(device), 12345, k, 128, 128).cpu()
+    err = float((out - ref).abs().max() / ref.abs().max())
+    if not err <= 2e-2:
+        raise RuntimeError(
+            f"the Triton projection kernel disagrees with the reference on {device} in {dtype} "
+            f"(relative error {err:.2e}); use ProjectionOperator.random(..., use_kernel=False) "
+            f"and please report this"
+        )
+
+
 def project(X: torch.Tensor, seed: int, k: int, block_k: int = 128, block_n: int = 128) -> torch.Tensor:
     """``X Rᵀ`` for ``X`` ``(B, n)`` on CUDA with the unscaled ±1 matrix ``R`` ``(k, n)``;
-    returns float32 ``(B, k)``."""
+    returns float32 ``(B, k)``. The first call per device and dtype runs :func:`self_test`."""
     if triton is None:  # pragma: no cover
         raise RuntimeError("Triton is not installed")
+    self_test(str(X.device), X.dtype)
+    return _launch(X, seed, k, block_k, block_n)
+
+
+def _launch(X: torch.Tensor, seed: int, k: int, block_k: int, block_n: int) -> torch.Tensor:
     X = X.contiguous()
     B, n = X.shape
     out = torch.zeros(B, k, dtype=torch.float32, device=X.device)

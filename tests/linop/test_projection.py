@@ -184,7 +184,8 @@ def test_cuda_matches_the_cpu_reference(dtype):
 
 def test_triton_kernel_logic_in_the_interpreter():
     """The Triton kernel's hash, bit expansion and tiling equal the torch reference, run by
-    Triton's CPU interpreter (the GPU test above checks the compiled kernel on the device)."""
+    Triton's CPU interpreter (the GPU test above checks the compiled kernel on the device), and
+    its first-use self-test refuses a kernel that disagrees with the reference."""
     pytest.importorskip("triton", reason="Triton is not installed (optional, CUDA only)")
     code = (
         "import torch\n"
@@ -195,6 +196,14 @@ def test_triton_kernel_logic_in_the_interpreter():
         "    out = tp.project(X, 7, k, block_k=32, block_n=64)\n"
         "    ref = ProjectionOperator.random(n, k, seed=7, scale=None).project(X.float())\n"
         "    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max(), (B, n, k, dt)\n"
+        "tp.self_test.cache_clear()\n"
+        "tp._launch = lambda X, seed, k, bk, bn: torch.zeros(X.shape[0], k)  # a broken kernel\n"
+        "try:\n"
+        "    tp.project(torch.randn(2, 100), 0, 8)\n"
+        "except RuntimeError as e:\n"
+        "    assert 'use_kernel=False' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('a kernel that disagrees with the reference must raise')\n"
         "print('ok')\n"
     )
     env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
