@@ -195,15 +195,13 @@ class RandomProjection(ProjectionOperator):
             cached = self._cache.get(start)
             if cached is not None and cached.shape[1] == stop - start:
                 return cached.to(self.compute_dtype)
-        cache = self._cacheable() and start % self.block_size == 0
         if self.kind == "rademacher":
-            dtype = torch.int8 if cache else self.compute_dtype
-            raw = khash.rademacher_block(self.seed, k, start, stop, self.device, dtype)
+            block = khash.rademacher_block(self.seed, k, start, stop, self.device, self.compute_dtype)
         else:
-            raw = khash.gaussian_block(self.seed, k, start, stop, self.device, self.compute_dtype)
-        if cache:
-            self._cache[start] = raw
-        return raw.to(self.compute_dtype)
+            block = khash.gaussian_block(self.seed, k, start, stop, self.device, self.compute_dtype)
+        if self._cacheable() and start % self.block_size == 0:  # ±1 signs kept compactly
+            self._cache[start] = block.to(torch.int8) if self.kind == "rademacher" else block
+        return block
 
     def _blocks(self):  # noqa: ANN202
         n = self.shape[1]
