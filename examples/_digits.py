@@ -401,6 +401,36 @@ def objective_hessian_dense(
     return model.regularized_hessian(theta, X, y).to_dense()
 
 
+def _polish(
+    model: Model,
+    theta: torch.Tensor,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    max_steps: int,
+    patience: int,
+    floor: float,
+) -> tuple[torch.Tensor, int, float]:
+    """Iterate ``θ ← step(θ, ∇f(θ))``; return the iterate with the smallest gradient, the steps
+    taken to it and its ‖∇‖. Stops at ``floor``, on a non-finite gradient, after ``patience``
+    steps without a new best, or at ``max_steps``."""
+    g = model.objective_and_grad(theta, X, y)[1]
+    best, best_norm, best_step = theta, float(g.norm()), 0
+    for k in range(1, max_steps + 1):
+        if best_norm < floor:
+            break
+        theta = step(theta, g)
+        g = model.objective_and_grad(theta, X, y)[1]
+        norm = float(g.norm())
+        if not np.isfinite(norm):
+            break
+        if norm < best_norm:
+            best, best_norm, best_step = theta, norm, k
+        elif k - best_step >= patience:
+            break
+    return best, best_step, best_norm
+
+
 def chord_polish(
     model: Model,
     theta: torch.Tensor,
@@ -420,21 +450,10 @@ def chord_polish(
     (measured on the MLP: occasional small rises), so it stops after ``patience`` steps without a
     new best, or at ``max_steps``.
     """
-    g = model.objective_and_grad(theta, X, y)[1]
-    best, best_norm, best_step = theta, float(g.norm()), 0
-    for step in range(1, max_steps + 1):
-        if best_norm < 1e-16:
-            break
-        theta = theta - torch.cholesky_solve(g[:, None], factor)[:, 0]
-        g = model.objective_and_grad(theta, X, y)[1]
-        norm = float(g.norm())
-        if not np.isfinite(norm):
-            break
-        if norm < best_norm:
-            best, best_norm, best_step = theta, norm, step
-        elif step - best_step >= patience:
-            break
-    return best, best_step, best_norm
+    def step(theta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return theta - torch.cholesky_solve(g[:, None], factor)[:, 0]
+
+    return _polish(model, theta, X, y, step, max_steps, patience, 1e-16)
 
 
 def newton_cg_polish(
@@ -451,25 +470,15 @@ def newton_cg_polish(
     convergence to ‖∇‖ ≈ 1e-16 in 5-7 steps where chord steps crawled). Returns the iterate with
     the smallest gradient, its step count and its ‖∇‖."""
     precondition = lambda R: torch.cholesky_solve(R, factor)  # noqa: E731
-    g = model.objective_and_grad(theta, X, y)[1]
-    best, best_norm, best_step = theta, float(g.norm()), 0
-    for step in range(1, max_steps + 1):
-        if best_norm < 1e-15:
-            break
+
+    def step(theta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         A = model.regularized_hessian(theta, X, y)
-        with warnings.catch_warnings():  # judged by the gradient norm below, not by CG's flags
+        with warnings.catch_warnings():  # judged by the gradient norm, not by CG's flags
             warnings.simplefilter("ignore", ConvergenceWarning)
             warnings.simplefilter("ignore", NegativeCurvatureWarning)
-            theta = theta - A.inverse("cg", rtol=1e-10, preconditioner=precondition) @ g
-        g = model.objective_and_grad(theta, X, y)[1]
-        norm = float(g.norm())
-        if not np.isfinite(norm):
-            break
-        if norm < best_norm:
-            best, best_norm, best_step = theta, norm, step
-        elif step - best_step >= 2:
-            break
-    return best, best_step, best_norm
+            return theta - A.inverse("cg", rtol=1e-10, preconditioner=precondition) @ g
+
+    return _polish(model, theta, X, y, step, max_steps, 2, 1e-15)
 
 
 def train_mlp(

@@ -57,6 +57,24 @@ def _validate(kind: str, kinds: tuple[str, ...], dtype: torch.dtype, n: int, k: 
         raise ValueError(f"n and k must be positive, got n={n}, k={k}")
 
 
+def _scale_factor(scale: str | float | None, jl: float) -> float:
+    """The factor for ``scale``: ``"jl"`` gives ``jl``, None 1, a number itself."""
+    if scale == "jl":
+        return jl
+    if scale is None:
+        return 1.0
+    if isinstance(scale, (int, float)):
+        return float(scale)
+    raise ValueError(f"scale must be 'jl', a number or None, got {scale!r}")
+
+
+def _cache_budget(cache_bytes: int | None, device: torch.device) -> int:
+    """``cache_bytes``, or the default: 1 GiB on the CPU, 0 on GPUs (generating is cheaper)."""
+    if cache_bytes is not None:
+        return int(cache_bytes)
+    return DEFAULT_CACHE_BYTES if device.type == "cpu" else 0
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -162,16 +180,8 @@ class RandomProjection(ProjectionOperator):
         super().__init__((k, n), dtype, device, Tags())
         self.kind, self.seed, self.nnz = kind, int(seed), int(nnz)
         self.block_size = (int(block_size) // 32) * 32
-        if scale == "jl":
-            self.scale = 1 / math.sqrt(nnz if kind == "sjlt" else k)
-        elif scale is None:
-            self.scale = 1.0
-        elif isinstance(scale, (int, float)):
-            self.scale = float(scale)
-        else:
-            raise ValueError(f"scale must be 'jl', a number or None, got {scale!r}")
-        default_cache = DEFAULT_CACHE_BYTES if self.device.type == "cpu" else 0
-        self.cache_bytes = default_cache if cache_bytes is None else int(cache_bytes)
+        self.scale = _scale_factor(scale, 1 / math.sqrt(nnz if kind == "sjlt" else k))
+        self.cache_bytes = _cache_budget(cache_bytes, self.device)
         self.use_kernel = use_kernel
         self._cache: dict[int, torch.Tensor] = {}
         self.compute_dtype = _compute_dtype(dtype)

@@ -20,10 +20,11 @@ import torch
 from linop.errors import DTypeMismatchError
 from linop.operator import LinearOperator
 from linop.projection import (
-    DEFAULT_CACHE_BYTES,
     ProjectionOperator,
+    _cache_budget,
     _compute_dtype,
     _ProjectionAdjoint,
+    _scale_factor,
     _validate,
 )
 from linop.tags import Tags
@@ -116,19 +117,11 @@ class SeededBlockProjection(ProjectionOperator):
         self.compute_dtype = _compute_dtype(dtype)
         self.rows_per_block = min(int(k), int(block_size))
         self.num_blocks = math.ceil(k / self.rows_per_block)
-        if scale == "jl":
-            self.scale = 1 / math.sqrt(k)
-        elif scale is None:
-            self.scale = 1.0
-        elif isinstance(scale, (int, float)):
-            self.scale = float(scale)
-        else:
-            raise ValueError(f"scale must be 'jl', a number or None, got {scale!r}")
+        self.scale = _scale_factor(scale, 1 / math.sqrt(k))
         if chunk_rows is None:
             chunk_rows = (1 << 23) // self.rows_per_block
         self.chunk_rows = max(16, (int(chunk_rows) // 16) * 16)
-        default_cache = DEFAULT_CACHE_BYTES if self.device.type == "cpu" else 0
-        self.cache_bytes = default_cache if cache_bytes is None else int(cache_bytes)
+        self.cache_bytes = _cache_budget(cache_bytes, self.device)
         self._matrix: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ the matrix

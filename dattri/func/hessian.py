@@ -111,11 +111,6 @@ def hvp_at_x(
     return _hvp_at_x
 
 
-def _explicit(H: linop.LinearOperator, regularization: float, v: Tensor) -> Tensor:
-    inv = H.regularize(regularization).inverse("explicit") if regularization else H.inverse("explicit")
-    return _apply_rows(inv, v)
-
-
 def _apply_rows(inv: linop.LinearOperator, v: Tensor) -> Tensor:
     """``inv`` applied to the rows of ``v`` (``(d,)`` stays ``(d,)``, ``(k, d)`` stays ``(k, d)``)."""
     return inv @ v if v.ndim == 1 else (inv @ v.mT).mT
@@ -126,7 +121,7 @@ def ihvp_explicit(func: Callable, argnums: int = 0, regularization: float = 0.0)
     ``(d,)`` and ``(k, d)`` gives ``(k, d)``."""
 
     def _ihvp(x: Tuple[Any, ...], v: Tensor) -> Tensor:
-        return _explicit(_operator(func, x, argnums, "rev-rev"), regularization, v)
+        return ihvp_at_x_explicit(func, *x, argnums=argnums, regularization=regularization)(v)
 
     return _ihvp
 
@@ -147,20 +142,12 @@ def ihvp_at_x_explicit(
             raise IHVPUsageError("ihvp_at_x_explicit supports one argnums; concatenate inputs instead")
         argnums = argnums[0]
     H = _operator(func, x, argnums, "rev-rev")
-    inv = (H.regularize(regularization) if regularization else H).inverse("explicit")
+    inv = H.regularize(regularization).inverse("explicit")
 
     def _ihvp(v: Tensor) -> Tensor:
         return _apply_rows(inv, v)
 
     return _ihvp
-
-
-def _cg(H: linop.LinearOperator, v: Tensor, max_iter: int, tol: float, regularization: float) -> Tensor:
-    V = _rows(v)
-    A = H.regularize(regularization) if regularization else H
-    # dattri starts from x0 = v and stops on the absolute residual norm ``tol``
-    inv = A.inverse("cg", x0=V.mT, maxiter=max_iter, rtol=0.0, atol=tol)
-    return (inv @ V.mT).mT
 
 
 def ihvp_cg(
@@ -176,8 +163,8 @@ def ihvp_cg(
     ``max_iter`` iterations (starting from ``x0 = v``, as dattri)."""
 
     def _ihvp(x: Tuple[Any, ...], v: Tensor) -> Tensor:
-        _check_mode(mode)
-        return _cg(_operator(func, x, argnums, mode), v, max_iter, tol, regularization)
+        return ihvp_at_x_cg(func, *x, argnums=argnums, max_iter=max_iter, tol=tol, mode=mode,
+                            regularization=regularization)(v)
 
     return _ihvp
 
@@ -199,8 +186,13 @@ def ihvp_at_x_cg(
     _check_mode(mode)
     H = _operator(func, x, argnums, mode)
 
+    A = H.regularize(regularization)
+
     def _ihvp(v: Tensor) -> Tensor:
-        return _cg(H, v, max_iter, tol, regularization)
+        V = _rows(v)
+        # dattri starts from x0 = v and stops on the absolute residual norm ``tol``
+        inv = A.inverse("cg", x0=V.mT, maxiter=max_iter, rtol=0.0, atol=tol)
+        return (inv @ V.mT).mT
 
     return _ihvp
 
@@ -208,8 +200,7 @@ def ihvp_at_x_cg(
 def _arnoldi_inverse(H: linop.LinearOperator, max_iter: int, top_k: int, regularization: float) -> linop.LinearOperator:
     n = H.shape[0]
     steps = max(1, min(n, max_iter - 1))  # dattri: max_iter − 1 Krylov vectors
-    A = H.regularize(regularization) if regularization else H
-    return A.inverse("arnoldi", rank=min(top_k, steps), maxiter=steps, seed=0)
+    return H.regularize(regularization).inverse("arnoldi", rank=min(top_k, steps), maxiter=steps, seed=0)
 
 
 def ihvp_arnoldi(
@@ -277,18 +268,15 @@ def _lissa(
         raise IHVPUsageError(f"Input batch size mismatch! Found sizes {sorted(sizes)}.")
     others = x[:argnums] + x[argnums + 1 :]
     dims = tuple(in_dims[:argnums]) + tuple(in_dims[argnums + 1 :])
-    f = func
-    if collate_fn is not None:
-        def f(*args: Any) -> Tensor:  # noqa: E306 - the parameter passes through collate_fn
-            return func(*collate_fn(args))
+    # with collate_fn, the parameter at argnums passes through it unchanged
+    f = func if collate_fn is None else (lambda *args: func(*collate_fn(args)))
     if not sizes:  # no example dimension: one fixed batch, the deterministic series
         H: linop.LinearOperator = linop.HessianOperator(f, x, argnums, mode)
     else:
         H = linop.HessianOperator.from_data(f, x[argnums], others, batch_size, argnums, mode, in_dims=dims)
     # dattri's recursion h ← v + (1 − damping) h − H h / scaling has the fixed point
     # (H + damping·scaling·I)⁻¹ v: exactly linop's LiSSA on H + damping·scaling·I.
-    A = H.regularize(damping * scaling) if damping else H
-    inv = A.inverse(
+    inv = H.regularize(damping * scaling).inverse(
         "lissa", depth=recursion_depth + 1, repeats=num_repeat,
         batch_size=batch_size if sizes else None, scale=scaling,
         seed=int(torch.randint(2**31 - 1, (1,))),
