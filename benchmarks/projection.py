@@ -2,8 +2,8 @@
 
 Features ``(B, d)`` in float16 projected to ``k`` dimensions, as in BENCHMARKS.md.
 
-- CPU: ``ProjectionOperator.random(d, k).project(X)`` — the first call (the matrix generated from
-  the hash, cached as int8 within the 1 GiB budget) and later calls — against dattri 0.2.0's
+- CPU: ``ProjectionOperator.random(d, k).project(X)`` — the first call and later calls (the matrix
+  regenerated from the hash each time, nothing cached by default) — against dattri 0.2.0's
   ``random_project(..., device="cpu")`` (its default ``use_half_precision=True``), one call each
   side, in separate processes; the extra memory of each side is its peak resident size minus the
   size before the call.
@@ -36,7 +36,7 @@ _SCRIPT = (
 
 def _features(B: int, d: int, device: str = "cpu") -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
-    return torch.randn(B, d, generator=g).to(torch.float16).to(device)
+    return torch.randn(B, d, generator=g, dtype=torch.float16).to(device)  # no float32 peak
 
 
 def _rss_mib() -> float:

@@ -88,10 +88,21 @@ def test_the_same_seed_gives_the_same_matrix_in_another_process():
 def test_blocks_and_cache_do_not_change_results(kind):
     X = torch.randn(5, 1001)
     ref = ProjectionOperator.random(1001, 33, kind=kind, seed=2, block_size=8192, cache_bytes=0).project(X)
-    for block in [32, 96, 1000]:
-        P = ProjectionOperator.random(1001, 33, kind=kind, seed=2, block_size=block)
+    for block in [32, 96, 1000, None]:
+        P = ProjectionOperator.random(1001, 33, kind=kind, seed=2, block_size=block, cache_bytes=1 << 20)
         assert_close(P.project(X), ref, 1e-5)
-        assert_close(P.project(X), ref, 1e-5)  # second call: from the cache where allowed
+        assert bool(P._cache) == (kind != "sjlt")  # the dense kinds kept their blocks
+        assert_close(P.project(X), ref, 1e-5)  # second call: from the cache
+
+
+def test_default_block_size_and_cache():
+    """Blocks of about 16 MiB; nothing kept by default but gaussian on the CPU (1 GiB)."""
+    assert ProjectionOperator.random(10**6, 512).block_size == 8192
+    assert ProjectionOperator.random(10**6, 512, dtype=D64).block_size == 4096
+    assert ProjectionOperator.random(10**6, 10**6).block_size == 32
+    assert ProjectionOperator.random(100, 8).cache_bytes == 0
+    assert ProjectionOperator.random(100, 8, kind="gaussian").cache_bytes == 1 << 30
+    assert ProjectionOperator.random(100, 8, cache_bytes=5).cache_bytes == 5
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
