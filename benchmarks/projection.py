@@ -7,8 +7,10 @@ Features ``(B, d)`` in float16 projected to ``k`` dimensions, as in BENCHMARKS.m
   ``random_project(..., device="cpu")`` (its default ``use_half_precision=True``), one call each
   side, in separate processes; the extra memory of each side is its peak resident size minus the
   size before the call.
-- CUDA: linop's Triton kernel against linop's pure-torch path (regenerate blocks + matmul), for the
-  four shapes of BENCHMARKS.md (fast_jl must be built and timed separately; not done here).
+- CUDA: linop's Triton kernel against linop's pure-torch path (regenerate blocks + matmul) and,
+  when it is importable, TRAK's fast_jl kernel called directly (``project_rademacher_{8,16,32}``
+  with one feature tile per SM, as TRAK's CudaProjector calls it), for the four shapes of
+  BENCHMARKS.md. ``benchmarks/build_fast_jl.sh`` builds fast_jl for sm_90 from its source package.
 
 Run ``python -m benchmarks.projection [--device cpu|cuda] [--shape B,d,k]``.
 """
@@ -88,6 +90,18 @@ def run_cpu(shapes: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
     return records
 
 
+def _fast_jl(X: torch.Tensor, k: int, seed: int = 0):  # noqa: ANN202
+    """fast_jl's rademacher kernel on ``X`` as a no-argument call, or None if it is not built."""
+    try:
+        import fast_jl
+    except ImportError:
+        return None
+    B = X.shape[0]
+    fn = getattr(fast_jl, f"project_rademacher_{8 if B <= 8 else 16 if B <= 16 else 32}")
+    sms = torch.cuda.get_device_properties(X.device).multi_processor_count
+    return lambda: fn(X, k, seed, sms)
+
+
 def run_cuda(shapes: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
     from linop import ProjectionOperator
 
@@ -101,10 +115,13 @@ def run_cuda(shapes: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
         rec["torch_s"] = median_time(lambda: torch_path.project(X), warmup=1, reps=3)
         a, b = kernel.project(X).float(), torch_path.project(X).float()
         rec["max_rel_diff"] = float((a - b).abs().max() / b.abs().max())
+        theirs = _fast_jl(X, k)
+        rec["fast_jl_s"] = median_time(theirs, warmup=3, reps=10) if theirs else None
         rec["machine"] = machine_info()
         records.append(rec)
+        fj = f"{rec['fast_jl_s'] * 1e3:.2f} ms" if theirs else "not built"
         print(f"({B}, {d}, {k}): triton {rec['triton_s'] * 1e3:.2f} ms, torch {rec['torch_s'] * 1e3:.2f} ms, "
-              f"max rel diff {rec['max_rel_diff']:.1e}", flush=True)
+              f"fast_jl {fj}, max rel diff {rec['max_rel_diff']:.1e}", flush=True)
     return records
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "DistributedError",
     "ConvergenceWarning",
     "NegativeCurvatureWarning",
+    "KernelFallbackWarning",
 ]
 
 
@@ -68,3 +69,8 @@ class ConvergenceWarning(UserWarning):
 
 class NegativeCurvatureWarning(UserWarning):
     """A solver or decomposition met zero or negative curvature and handled it as documented."""
+
+
+class KernelFallbackWarning(UserWarning):
+    """A compiled kernel could not be used (it failed to build, or disagreed with its reference)
+    and the pure-torch path computed the result instead."""

@@ -236,8 +236,8 @@ class RandomProjection(ProjectionOperator):
         if X.is_cuda and self.use_kernel and self.kind == "rademacher":
             from linop.kernels import triton_projection
 
-            if triton_projection.available():
-                out = triton_projection.project(X, self.seed, self.shape[0])
+            out = triton_projection.project(X, self.seed, self.shape[0]) if triton_projection.available() else None
+            if out is not None:  # None: the kernel cannot serve this dtype here; use the reference
                 return (out * self.scale).to(self.dtype)
         out = torch.zeros(X.shape[0], self.shape[0], dtype=self.compute_dtype, device=X.device)
         for start, stop in self._blocks():
