@@ -2,8 +2,8 @@
 
 Features ``(B, d)`` in float16 projected to ``k`` dimensions, as in BENCHMARKS.md.
 
-- CPU: ``ProjectionOperator.random(d, k).project(X)`` — the first call and later calls (the matrix
-  regenerated from the hash each time, nothing cached by default) — against dattri 0.2.0's
+- CPU: ``ProjectionOperator.random(d, k).project(X)`` — the first call (the matrix generated from
+  the hash, its signs kept packed 8 to a byte within the 1 GiB budget) and later calls — against dattri 0.2.0's
   ``random_project(..., device="cpu")`` (its default ``use_half_precision=True``), one call each
   side, in separate processes; the extra memory of each side is its peak resident size minus the
   size before the call.

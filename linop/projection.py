@@ -153,10 +153,10 @@ class RandomProjection(ProjectionOperator):
         block_size: columns generated at once; bounds memory to ``O(k · block_size)``. The
             default sizes a block at about 16 MiB (8192 columns for ``k = 512`` in float32), which
             measured fastest on the CPU: small enough to stay in cache for the product.
-        cache_bytes: memory the matrix may keep across calls. The default keeps nothing for
-            rademacher (regenerating ±1 signs from the hash is as fast as reading a cached copy)
-            and on GPUs, and up to 1 GiB for gaussian on the CPU, where the logarithms and
-            cosines are the cost; rademacher signs are cached as int8 when a budget is given.
+        cache_bytes: memory the matrix may keep across calls (default 1 GiB on the CPU, 0 on
+            GPUs, where generating it is cheaper than reading it). Rademacher signs are kept
+            packed, 8 to a byte (64 MiB for ``k = 512``, ``n = 10⁶``), so later calls skip the
+            hash; gaussian entries are kept in the compute dtype.
         nnz: non-zeros per input coordinate for sjlt (default 4).
         use_kernel: on CUDA, use the Triton kernel when available (default True); the pure-torch
             path is the reference.
@@ -189,17 +189,20 @@ class RandomProjection(ProjectionOperator):
         self.kind, self.seed, self.nnz = kind, int(seed), int(nnz)
         self.block_size = (int(block_size) // 32) * 32
         self.scale = _scale_factor(scale, 1 / math.sqrt(nnz if kind == "sjlt" else k))
-        if cache_bytes is None and kind != "gaussian":
-            cache_bytes = 0
         self.cache_bytes = _cache_budget(cache_bytes, self.device)
         self.use_kernel = use_kernel
-        self._cache: dict[int, torch.Tensor] = {}
+        self._store: torch.Tensor | None = None  # the kept matrix (see _stored)
+        self._filled: set[int] = set()
         self.compute_dtype = compute_dtype
 
     # ------------------------------------------------------------------ the matrix
     def _cacheable(self) -> bool:
-        per_entry = 1 if self.kind == "rademacher" else torch.finfo(self.compute_dtype).bits // 8
-        return self.kind != "sjlt" and self.shape[0] * self.shape[1] * per_entry <= self.cache_bytes
+        k, n = self.shape
+        if self.kind == "rademacher":  # whole 32-bit words of signs
+            size = k * 4 * -(-n // 32)
+        else:
+            size = k * n * torch.finfo(self.compute_dtype).bits // 8
+        return self.kind != "sjlt" and size <= self.cache_bytes
 
     def block(self, start: int, stop: int) -> torch.Tensor:
         """Columns ``start:stop`` of the unscaled matrix, ``(k, stop − start)``, in the compute
@@ -211,17 +214,41 @@ class RandomProjection(ProjectionOperator):
             cols = torch.arange(stop - start, device=self.device).unsqueeze(0).expand_as(rows)
             out.index_put_((rows.reshape(-1), cols.reshape(-1)), signs.reshape(-1).to(out.dtype), accumulate=True)
             return out
-        if self._cacheable() and start % self.block_size == 0:
-            cached = self._cache.get(start)
-            if cached is not None and cached.shape[1] == stop - start:
-                return cached.to(self.compute_dtype)
+        stored = self._stored(start, stop)
         if self.kind == "rademacher":
-            block = khash.rademacher_block(self.seed, k, start, stop, self.device, self.compute_dtype)
-        else:
-            block = khash.gaussian_block(self.seed, k, start, stop, self.device, self.compute_dtype)
-        if self._cacheable() and start % self.block_size == 0:  # ±1 signs kept compactly
-            self._cache[start] = block.to(torch.int8) if self.kind == "rademacher" else block
-        return block
+            return khash.signs_from_bytes(stored, start % 32, stop - start, self.compute_dtype)
+        return stored
+
+    def _stored(self, start: int, stop: int) -> torch.Tensor:
+        """Columns ``start:stop`` as stored: rademacher signs packed 8 to a byte
+        (:func:`~linop.kernels.hash.rademacher_bytes`), gaussian entries in the compute dtype.
+        The blocks of a product are kept in one buffer when the budget allows: one allocation,
+        so the cache does not fragment memory between the temporaries of each block."""
+        k, n = self.shape
+        packed = self.kind == "rademacher"
+
+        def make() -> torch.Tensor:
+            if packed:
+                return khash.rademacher_bytes(self.seed, k, start, stop, self.device)
+            return khash.gaussian_block(self.seed, k, start, stop, self.device, self.compute_dtype)
+
+        canonical = start % self.block_size == 0 and stop == min(n, start + self.block_size)
+        if not (canonical and self._cacheable()):
+            return make()
+        if self._store is None:
+            self._store = torch.empty(
+                k, 4 * -(-n // 32) if packed else n,
+                dtype=torch.uint8 if packed else self.compute_dtype, device=self.device,
+            )
+        view = self._store[:, start // 8 : 4 * -(-stop // 32)] if packed else self._store[:, start:stop]
+        if start not in self._filled:
+            view.copy_(make())
+            self._filled.add(start)
+        return view
+
+    def clear_cache(self) -> None:
+        """Drop the kept matrix; the next product regenerates it."""
+        self._store, self._filled = None, set()
 
     def _blocks(self):  # noqa: ANN202
         n = self.shape[1]

@@ -65,6 +65,14 @@ def test_entries_follow_the_documented_hash():
                 assert int(block[i, c]) == 1 - 2 * bit
 
 
+def test_packed_signs_do_not_depend_on_the_byte_order(monkeypatch):
+    """The fast little-endian reinterpretation and the portable shifts pack the same bytes."""
+    fast = khash.rademacher_bytes(3, 7, 64, 200)
+    monkeypatch.setattr(sys, "byteorder", "big")
+    assert torch.equal(khash.rademacher_bytes(3, 7, 64, 200), fast)
+    assert fast.shape == (7, 4 * 5) and fast.dtype == torch.uint8
+
+
 def test_the_same_seed_gives_the_same_matrix_in_another_process():
     code = (
         "import torch; from linop import ProjectionOperator as P;"
@@ -91,18 +99,38 @@ def test_blocks_and_cache_do_not_change_results(kind):
     for block in [32, 96, 1000, None]:
         P = ProjectionOperator.random(1001, 33, kind=kind, seed=2, block_size=block, cache_bytes=1 << 20)
         assert_close(P.project(X), ref, 1e-5)
-        assert bool(P._cache) == (kind != "sjlt")  # the dense kinds kept their blocks
+        assert bool(P._filled) == (kind != "sjlt")  # the dense kinds kept their blocks
         assert_close(P.project(X), ref, 1e-5)  # second call: from the cache
 
 
 def test_default_block_size_and_cache():
-    """Blocks of about 16 MiB; nothing kept by default but gaussian on the CPU (1 GiB)."""
+    """Blocks of about 16 MiB; a cache of 1 GiB on the CPU, none on other devices."""
     assert ProjectionOperator.random(10**6, 512).block_size == 8192
     assert ProjectionOperator.random(10**6, 512, dtype=D64).block_size == 4096
     assert ProjectionOperator.random(10**6, 10**6).block_size == 32
-    assert ProjectionOperator.random(100, 8).cache_bytes == 0
-    assert ProjectionOperator.random(100, 8, kind="gaussian").cache_bytes == 1 << 30
+    assert ProjectionOperator.random(100, 8).cache_bytes == 1 << 30
+    assert ProjectionOperator.random(100, 8, device="meta").cache_bytes == 0
     assert ProjectionOperator.random(100, 8, cache_bytes=5).cache_bytes == 5
+
+
+def test_the_cache_keeps_rademacher_signs_packed_and_respects_its_budget():
+    n, k = 1000, 64
+    packed = k * 1024 // 8  # one bit per entry, whole 32-bit words: n rounded up to 1024
+    X = torch.randn(3, n)
+    P = ProjectionOperator.random(n, k, seed=1, block_size=256, cache_bytes=packed)
+    Z = P.project(X)
+    assert P._store.dtype == torch.uint8 and P._store.numel() == packed and P._filled == {0, 256, 512, 768}
+    assert_close(P.block(3, 70), ProjectionOperator.random(n, k, seed=1, cache_bytes=0).block(3, 70))
+    assert P._filled == {0, 256, 512, 768}  # not one of the product's blocks: not kept
+    assert_close(P.project(X), Z)
+    P.clear_cache()
+    assert P._store is None and not P._filled
+    small = ProjectionOperator.random(n, k, seed=1, block_size=256, cache_bytes=packed - 1)
+    assert_close(small.project(X), Z)
+    assert small._store is None
+    G = ProjectionOperator.random(n, k, kind="gaussian", seed=1, block_size=256, cache_bytes=n * k * 4)
+    G.project(X)
+    assert G._store.numel() * G._store.element_size() == n * k * 4
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
