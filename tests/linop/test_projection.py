@@ -221,6 +221,10 @@ def test_cuda_matches_the_cpu_reference(dtype):
         torch.testing.assert_close(out, cpu, rtol=tol, atol=tol * float(cpu.abs().max()))
 
 
+@pytest.mark.skipif(
+    not (sys.platform == "linux" and __import__("platform").machine() == "x86_64"),
+    reason="Triton is a test dependency only on Linux x86_64",
+)
 def test_triton_kernel_logic_in_the_interpreter():
     """The Triton kernel's hash, sign construction, tiling and split-n atomics equal the torch
     reference, run by Triton's CPU interpreter (the GPU test above checks the compiled kernel on
@@ -242,7 +246,6 @@ def test_triton_kernel_logic_in_the_interpreter():
         "    assert out.shape == (B, k) and out.dtype == torch.float32\n"
         "    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max(), (B, n, k, dt)\n"
         "assert tp.usable('cpu', torch.float16) and not tp.usable('cpu', torch.float64)\n"
-        "good = tp._launch\n"
         "for broken in [lambda X, seed, k, bk, bn: torch.zeros(X.shape[0], k),\n"
         "               lambda X, seed, k, bk, bn: 1 / 0]:\n"
         "    tp.usable.cache_clear(); tp._launch = broken\n"
