@@ -246,16 +246,45 @@ def test_triton_kernel_logic_in_the_interpreter():
         "    assert out.shape == (B, k) and out.dtype == torch.float32\n"
         "    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max(), (B, n, k, dt)\n"
         "assert tp.usable('cpu', torch.float16) and not tp.usable('cpu', torch.float64)\n"
+        "good = tp._launch\n"
         "for broken in [lambda X, seed, k, bk, bn: torch.zeros(X.shape[0], k),\n"
         "               lambda X, seed, k, bk, bn: 1 / 0]:\n"
-        "    tp.usable.cache_clear(); tp._launch = broken\n"
+        "    tp.usable.cache_clear(); tp._REFUSED.clear(); tp._launch = broken\n"
         "    with warnings.catch_warnings(record=True) as w:\n"
         "        warnings.simplefilter('always')\n"
         "        assert tp.project(torch.randn(2, 100), 0, 8) is None\n"
         "    assert [x.category for x in w] == [KernelFallbackWarning], w\n"
         "    assert 'use_kernel=False' in str(w[0].message)\n"
+        "tp._launch = good\n"
+        "assert tp._launch(torch.randn(0, 100), 0, 8, 128, 64).shape == (0, 8)\n"
+        "try:\n"
+        "    tp._launch(torch.randn(2, 100), 0, 8, 128, 48)\n"
+        "except ValueError as e:\n"
+        "    assert 'power of two' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('block_n=48 must be refused')\n"
         "print('ok')\n"
     )
     env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@pytest.mark.skipif(
+    not (sys.platform == "linux" and __import__("platform").machine() == "x86_64"),
+    reason="Triton is a test dependency only on Linux x86_64",
+)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_the_kernel_builds_for_an_h100(dtype):
+    """Compiled ahead of time for sm_90 with Triton's own assembler (no GPU needed), with every
+    tile that products use: it builds, multiplies on the tensor cores (wgmma; fp32 as two tf32
+    products), spills no registers, and hashes each 32-bit word once per thread — a few
+    multiplications per loop iteration, where expanding bits across lanes would take ~130."""
+    from tests._kernel_asm import PRODUCT_TILES, compile_sm90
+
+    for block_b, warps in PRODUCT_TILES:
+        stats = compile_sm90(dtype, block_b, warps)
+        assert stats["wgmma"] > 0 and stats["fma"] == 0, stats
+        assert stats["spill_bytes"] == 0, stats
+        assert stats["loop_mul"] <= 16, stats
+
