@@ -15,9 +15,11 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from linop.errors import ShapeMismatchError
+from linop.errors import NonFiniteError, ShapeMismatchError
 from linop.operator import LinearOperator
 from linop.tags import Tags
 
@@ -50,6 +52,13 @@ def add(a: LinearOperator, b: LinearOperator) -> LinearOperator:
         return RegularizedOperator(b, shift_a)
     return SumOperator([a, b])
 
+
+
+def _finite(c: float, what: str) -> float:
+    """``c`` as a float, or :class:`~linop.errors.NonFiniteError` if it is NaN or infinite."""
+    if not math.isfinite(float(c)):
+        raise NonFiniteError(f"the {what} is {float(c)}; an operator needs a finite one")
+    return float(c)
 
 class SumOperator(LinearOperator):
     """``A₁ + A₂ + …``, flattened: nested sums become one.
@@ -94,6 +103,7 @@ class ScaledOperator(LinearOperator):
     """
 
     def __init__(self, base: LinearOperator, scalar: float) -> None:
+        _finite(scalar, "scalar")
         if isinstance(base, ScaledOperator):
             scalar, base = scalar * base.scalar, base.base
         super().__init__(base.shape, base.dtype, base.device, base.tags.scale(scalar))
@@ -187,7 +197,7 @@ class RegularizedOperator(LinearOperator):
             raise ShapeMismatchError(f"only a square operator can be regularised, got {base!r}")
         if isinstance(base, RegularizedOperator):
             shift, base = shift + base.shift, base.base
-        shift = float(shift)
+        shift = _finite(shift, "shift λ")
         identity_tags = Tags(psd=shift >= 0, nsd=shift <= 0)
         super().__init__(base.shape, base.dtype, base.device, Tags.sum([base.tags, identity_tags]))
         self.base: LinearOperator = base

@@ -76,9 +76,8 @@ class FlatSpec:
         """Flatten a tree whose leaves carry a leading batch dimension ``(B, *shape)`` into
         ``(B, size)``."""
         leaves = self._check(tree, batched=True)
-        if len(leaves) == 1:
-            return leaves[0].reshape(leaves[0].shape[0], -1)
-        return torch.cat([t.reshape(t.shape[0], -1) for t in leaves], dim=1)
+        rows = [t.reshape(t.shape[0], m) for t, m in zip(leaves, self.numels)]  # B may be 0
+        return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
 
     def unflatten(self, vector: torch.Tensor) -> Tree:
         """Split a 1-D tensor of length :attr:`size` back into a tree of this layout."""

@@ -76,11 +76,31 @@ def hvp(
     """
     _check_mode(mode)
     primals = tuple(primals)
+    argnums = argnums % len(primals)  # -1: the last
     before, after = primals[:argnums], primals[argnums + 1 :]
     g = grad(lambda p: _as_scalar(func(*before, p, *after)))
     if mode == "rev-rev":
         return vjp(g, primals[argnums])[1](v)[0]
     return jvp(g, (primals[argnums],), (v,))[1]
+
+
+def _traced(t: torch.Tensor) -> bool:
+    """Whether ``t`` is wrapped by a torch.func transform (vmap, grad, jvp)."""
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+def _finite(out: torch.Tensor, what: str) -> torch.Tensor:
+    """``out``, or :class:`~linop.errors.NonFiniteError` if any entry is NaN or infinite. Inside
+    a torch.func transform (vmap, grad) the values are not concrete, and are not checked."""
+    if _traced(out):
+        return out
+    if not bool(torch.isfinite(out).all()):
+        raise NonFiniteError(
+            f"the {what} has NaN or infinite entries: some batch of the data, or the loss or its "
+            f"derivatives at the point, is not finite (check the inputs for NaN, and that the loss "
+            f"is twice differentiable there)"
+        )
+    return out
 
 
 class _Batch:
@@ -340,8 +360,15 @@ class HessianOperator(LinearOperator):
         ``data`` is one batch ``(X, y)`` or an iterable of such batches (a DataLoader), for the
         dataset mean. Options as the constructor or :meth:`from_batches`.
         """
+        random_or_stateful = (torch.nn.modules.batchnorm._NormBase, torch.nn.modules.dropout._DropoutNd)
+        if model.training and any(isinstance(m, random_or_stateful) for m in model.modules()):
+            raise ValueError(
+                "the model is in training mode and has dropout or batch-norm layers: its loss is "
+                "random or updates running statistics, so its Hessian is not defined. Call "
+                "model.eval() first"
+            )
         params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
-        buffers = {k: b.detach() for k, b in model.named_buffers()}
+        buffers = {k: b.detach().clone() for k, b in model.named_buffers()}  # the model's stay put
 
         def func(p: dict[str, torch.Tensor], X: torch.Tensor, y: Any) -> torch.Tensor:
             out = torch.func.functional_call(model, {**p, **buffers}, (X,))
@@ -367,15 +394,17 @@ class HessianOperator(LinearOperator):
             if self.process_group is not None:  # each rank's own minibatch: average the ranks
                 out = all_reduce_sum(out, self.process_group, self.timeout)
                 out = out / dist_world_size(self.process_group)
-            return out
-        return self._dataset_mean(lambda batch: batch.matmat(X, cache=False), X)
+        else:
+            out = self._dataset_mean(lambda batch: batch.matmat(X, cache=False), X)
+        return _finite(out, "Hessian-vector product")
 
     def gradient(self) -> torch.Tensor:
         """The flat gradient of the (mean) loss at the point."""
         if self._batch is not None:
-            return grad(self._batch.loss)(self.params)
+            return _finite(grad(self._batch.loss)(self.params), "gradient")
         column = self.params.unsqueeze(1)
-        return self._dataset_mean(lambda batch: grad(batch.loss)(self.params).unsqueeze(1), column)[:, 0]
+        out = self._dataset_mean(lambda batch: grad(batch.loss)(self.params).unsqueeze(1), column)[:, 0]
+        return _finite(out, "gradient")
 
     def _dataset_mean(
         self, per_batch: Callable[[_Batch], torch.Tensor], like: torch.Tensor

@@ -49,7 +49,7 @@ class _ScipyView(spla.LinearOperator):
         self.op = op
 
     def _apply(self, op: LinearOperator, x: np.ndarray) -> np.ndarray:
-        X = torch.as_tensor(np.asarray(x), device=op.device).to(op.dtype)
+        X = torch.as_tensor(np.ascontiguousarray(x), device=op.device).to(op.dtype)  # any strides
         Y = op @ X
         return Y.detach().to("cpu").to(_torch_dtype_for_numpy(self.dtype)).numpy()
 

@@ -71,10 +71,16 @@ class LinearOperator:
         m, n = (int(s) for s in shape)
         if m < 0 or n < 0:
             raise ValueError(f"operator shape must be non-negative, got {shape}")
+        if not dtype.is_floating_point:
+            raise DTypeMismatchError(
+                f"operators need a real floating dtype (float64, float32, float16, bfloat16), got "
+                f"{dtype}" + ("; complex operators are not supported" if dtype.is_complex else "")
+            )
         self.shape: tuple[int, int] = (m, n)
         self.dtype: torch.dtype = dtype
         self.device: torch.device = torch.device(device)
-        self.tags: Tags = tags if tags is not None else Tags()
+        # symmetric, psd and nsd describe square matrices only (0 * A of a rectangular A is not)
+        self.tags: Tags = tags if tags is not None and m == n else Tags()
 
     # ------------------------------------------------------------------ the subclass contract
     def _matmat(self, X: torch.Tensor) -> torch.Tensor:

@@ -115,7 +115,7 @@ class ProjectionOperator(LinearOperator):
             if not features:
                 raise ShapeMismatchError("the feature dict is empty")
             first = next(iter(features.values()))
-            spec = FlatSpec.of({key: t[0] for key, t in features.items()} if first.ndim else features)
+            spec = FlatSpec.of({key: t.new_empty(t.shape[1:]) for key, t in features.items()} if first.ndim else features)
             features = spec.flatten_batched(features)
         if not isinstance(features, torch.Tensor) or features.ndim != 2:
             raise ShapeMismatchError(
@@ -275,7 +275,7 @@ class RandomProjection(ProjectionOperator):
     def _sjlt_rows(self, X: torch.Tensor) -> torch.Tensor:
         B, k = X.shape[0], self.shape[0]
         out = torch.zeros(k, B, dtype=self.compute_dtype, device=X.device)
-        for start, stop in self._blocks():
+        for start, stop in self._blocks() if B else ():
             rows, signs = khash.sjlt_buckets(self.seed, start, stop, self.nnz, k, X.device)
             Xb = X[:, start:stop].to(self.compute_dtype).mT  # (cols, B)
             contrib = signs.to(self.compute_dtype).unsqueeze(-1) * Xb.unsqueeze(0)  # (nnz, cols, B)

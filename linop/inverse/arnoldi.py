@@ -37,7 +37,13 @@ def _lanczos(A: LinearOperator, steps: int, seed: int, tol: float | None) -> tup
     n = A.shape[0]
     steps = min(steps, n)
     g = torch.Generator().manual_seed(seed)
-    threshold = 100 * torch.finfo(A.dtype).eps if tol is None else tol
+    # half-precision operators: the basis and recurrence in float32, only the products in half
+    # (in bf16, 100 eps would be 0.78: every step would look like a breakdown)
+    work = torch.float32 if A.dtype in (torch.float16, torch.bfloat16) else A.dtype
+    threshold = 100 * torch.finfo(work).eps if tol is None else tol
+
+    def apply(q: torch.Tensor) -> torch.Tensor:
+        return A._matmat(q.to(A.dtype).unsqueeze(1)).squeeze(1).to(work)
 
     def orthogonalise(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
         before = w.norm()
@@ -47,19 +53,19 @@ def _lanczos(A: LinearOperator, steps: int, seed: int, tol: float | None) -> tup
         return w
 
     def fresh(basis: torch.Tensor) -> torch.Tensor:
-        q = torch.randn(n, generator=g, dtype=torch.float64).to(A.device, A.dtype)
+        q = torch.randn(n, generator=g, dtype=torch.float64).to(A.device, work)
         for _ in range(2):
             q = q - basis.mT @ (basis @ q)
         return q / q.norm()
 
-    Q = torch.empty(steps, n, dtype=A.dtype, device=A.device)
+    Q = torch.empty(steps, n, dtype=work, device=A.device)
     alpha = torch.zeros(steps, dtype=torch.float64)
     beta = torch.zeros(steps, dtype=torch.float64)
     q = fresh(Q[:0])
     scale = 0.0
     for j in range(steps):
         Q[j] = q
-        w = A._matmat(q.unsqueeze(1)).squeeze(1)
+        w = apply(q)
         a = float(q @ w)
         alpha[j] = a
         w = w - a * q
@@ -127,7 +133,7 @@ def eigh(
         m = alpha.shape[0]
         T = torch.diag(alpha) + torch.diag(beta[: m - 1], 1) + torch.diag(beta[: m - 1], -1)
         theta, S = torch.linalg.eigh(T)
-        cache[key] = (Q[:m].mT @ S.to(Q.device, Q.dtype), theta)
+        cache[key] = ((Q[:m].mT @ S.to(Q.device, Q.dtype)).to(A.dtype), theta)
         hvps = m
     V, theta = cache[key]
     values = theta + shift

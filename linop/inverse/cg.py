@@ -39,6 +39,7 @@ def _as_preconditioner(M: Any, A: LinearOperator, options: dict[str, Any]) -> tu
     if isinstance(M, LinearOperator):
         if M.shape != A.shape:
             raise ShapeMismatchError(f"the preconditioner {M!r} does not match {A!r}")
+        A._check_compatible(M, "with the preconditioner")
         return M._matmat, 0
     if callable(M):
         return M, 0
@@ -94,6 +95,10 @@ class CGStrategy(Strategy):
         rz = (R * Z).sum(0)
         live = R.norm(dim=0) > threshold  # device mask of columns still iterating
         curvature = torch.zeros(k, dtype=torch.bool, device=B.device)
+        # the largest Rayleigh quotient pᵀAp/pᵀp seen per column: curvature below eps times it is
+        # zero to the working precision (a singular operator), where a step would overflow
+        top = torch.zeros(k, dtype=B.dtype, device=B.device)
+        eps = 100 * torch.finfo(B.dtype).eps
         iters = torch.zeros(k, dtype=torch.long, device=B.device)
         active = torch.nonzero(live).flatten().tolist()
 
@@ -108,8 +113,10 @@ class CGStrategy(Strategy):
                 AP = A._matmat(P_a)
                 hvps += len(active)
                 pAp = (P_a * AP).sum(0)
+                pp = (P_a * P_a).sum(0)
+                top[idx] = torch.maximum(top[idx], torch.nan_to_num(pAp / pp.clamp_min(torch.finfo(pp.dtype).tiny)))
                 on = live[idx]
-                bad = on & ~(pAp > 0)  # non-positive or non-finite curvature
+                bad = on & ~(pAp > eps * top[idx] * pp)  # non-positive (or non-finite) curvature
                 curvature[idx] |= bad
                 on = on & ~bad
                 alpha = torch.where(on, rz[idx] / torch.where(on, pAp, 1), 0)
@@ -129,7 +136,9 @@ class CGStrategy(Strategy):
             bar.update(min(every, bar.total - bar.n))
             active = torch.nonzero(live).flatten().tolist()
         bar.close()
-        return X, self._info(B, R, bnorm, threshold, iters, curvature, hvps)
+        recursive = R.norm(dim=0)
+        R = B - A._matmat(X)  # the true residual: rounding makes the recursive one drift
+        return X, self._info(R, recursive, bnorm, threshold, iters, curvature, hvps + k)
 
     def _initial(self, B: torch.Tensor) -> torch.Tensor:
         x0 = self.options["x0"]
@@ -141,19 +150,33 @@ class CGStrategy(Strategy):
             raise ShapeMismatchError(f"x0 of shape {tuple(x0.shape)} does not match b of shape {tuple(B.shape)}")
         return X.expand_as(B).clone()
 
-    def _info(self, B, R, bnorm, threshold, iters, curvature, hvps) -> SolveInfo:  # noqa: ANN001
+    def _info(self, R, recursive, bnorm, threshold, iters, curvature, hvps) -> SolveInfo:  # noqa: ANN001
         rnorm = R.norm(dim=0)
         converged = (rnorm <= threshold) & ~curvature
+        drifted = (recursive <= threshold) & ~converged & ~curvature
         residuals = rnorm / torch.where(bnorm > 0, bnorm, 1)
         reasons = []
-        for conv, curv in zip(converged.tolist(), curvature.tolist()):
+        for conv, curv, drift in zip(converged.tolist(), curvature.tolist(), drifted.tolist()):
             if curv:
-                reasons.append("non-positive curvature pᵀAp ≤ 0: the operator is not positive definite")
+                reasons.append("non-positive curvature pᵀAp ≤ 0 (to working precision): the operator "
+                               "is not positive definite")
             elif conv:
                 reasons.append("converged")
+            elif drift:
+                reasons.append(f"attainable accuracy reached: the recursive residual met the "
+                               f"tolerance but the true one did not ({R.dtype} rounding)")
             else:
                 reasons.append("maxiter reached")
         n_curv, n_slow = int(curvature.sum()), sum(r == "maxiter reached" for r in reasons)
+        n_drift = int(drifted.sum())
+        if n_drift:
+            warn(
+                f"CG reached the tolerance in its recursive residual but not in the true residual "
+                f"‖b − Ax‖ in {n_drift} of {len(reasons)} column(s) (max relative residual "
+                f"{float(residuals[drifted].max()):.2e}): rounding in {R.dtype} limits the "
+                f"accuracy. Use float64, a looser rtol, or a shift",
+                ConvergenceWarning,
+            )
         if n_curv:
             warn(
                 f"CG met non-positive curvature in {n_curv} of {len(reasons)} column(s) and "

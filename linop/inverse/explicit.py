@@ -38,11 +38,18 @@ class ExplicitStrategy(Strategy):
         A = self.operator
         o = self.options
         M = A.to_dense(force=o["force"], max_bytes=o["max_bytes"], chunk_size=o["chunk_size"])
+        if M.dtype in (torch.float16, torch.bfloat16):  # factorisations need float32 or float64
+            M = M.float()
+        # singular means singular at the operator's own precision, whatever the factor's dtype
+        self.eps = A.shape[1] * torch.finfo(A.dtype).eps
         if A.tags.symmetric:
             M = (M + M.mT) / 2
             for dtype in dict.fromkeys([M.dtype, torch.float64]):
                 L, info = torch.linalg.cholesky_ex(M.to(dtype))
                 if int(info) == 0:
+                    pivots = L.diagonal().square()
+                    if float(pivots.min()) <= self.eps * float(pivots.max()):
+                        raise _singular(M, "a pivot of Cholesky is zero to working precision")
                     self.kind, self.factor = "cholesky", L
                     return A.shape[1]
             if A.tags.psd:
@@ -59,8 +66,7 @@ class ExplicitStrategy(Strategy):
     def _lu(self, M: torch.Tensor) -> None:
         LU, pivots, info = torch.linalg.lu_factor_ex(M)
         diag = LU.diagonal().abs()
-        eps = torch.finfo(M.dtype).eps
-        if int(info) != 0 or float(diag.min()) <= M.shape[0] * eps * float(diag.max()):
+        if int(info) != 0 or float(diag.min()) <= self.eps * float(diag.max()):
             raise _singular(M, "a zero pivot in LU")
         self.kind, self.factor, self.pivots, self.matrix = "lu", LU, pivots, M
         return None

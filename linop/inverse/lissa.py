@@ -8,14 +8,20 @@ batched product per step.
 
 Divergence is detected on the increments ``‖h_{t+1} − h_t‖`` (the partial sums legitimately
 grow): a non-finite increment, or one ``divergence_factor`` times larger than the first, raises
-:class:`~linop.errors.DivergenceError` advising a larger ``scale``.
+:class:`~linop.errors.DivergenceError` advising a larger ``scale``. On an operator without data
+the increments of a convergent series never grow (each is the last times ``I − A/s``, of norm at
+most 1), so one twice the smallest so far, above rounding, also raises: ``A`` is not positive
+definite, or ``s`` is too small. With minibatches the increments are noisy; if the last is
+larger than the first, a :class:`~linop.errors.ConvergenceWarning` says the series may not
+converge.
 """
 
 from __future__ import annotations
 
 import torch
 
-from linop.errors import DivergenceError
+from linop._warn import warn
+from linop.errors import ConvergenceWarning, DivergenceError
 from linop.inverse import SolveInfo, Strategy, register
 from linop.inverse.arnoldi import _split_shift
 
@@ -58,18 +64,31 @@ class LissaStrategy(Strategy):
         k = B.shape[1]
         bar = tqdm(total=o["repeats"] * o["depth"], desc="LiSSA", disable=not o["progress"], leave=False)
         first = B.norm(dim=0)
+        deterministic = getattr(self.base, "sample", None) is None
+        last = first
         for _ in range(o["repeats"]):
             h = B.clone()
+            low = first.clone()  # the smallest increment so far, per column
             for step in range(1, o["depth"]):
                 op = self._draw(generator)
                 Ah = op._matmat(h) + lam * h if lam else op._matmat(h)
                 increment = B - Ah / s
                 h = h + increment
                 if step % every == 0 or step == o["depth"] - 1:
-                    self._check(increment.norm(dim=0), first, step)
+                    last = increment.norm(dim=0)
+                    self._check(last, first, low if deterministic else None, step)
+                    low = torch.minimum(low, last)
                 bar.update(1)
             bar.update(1)
             total += h
+        if not deterministic and o["depth"] > 1 and bool((last > first).any()):
+            warn(
+                f"LiSSA's last increment ({float(last.max()):.3g}) is larger than its first "
+                f"({float(first.max()):.3g}): the series may not converge. Check that H + λI is "
+                f"positive definite (λ > 0 helps) and that scale {s:g} exceeds its largest "
+                f"eigenvalue (A.eigh(1))",
+                ConvergenceWarning,
+            )
         bar.close()
         X = total / (o["repeats"] * s)
         info = SolveInfo(
@@ -82,7 +101,7 @@ class LissaStrategy(Strategy):
         )
         return X, info
 
-    def _check(self, inc: torch.Tensor, first: torch.Tensor, step: int) -> None:
+    def _check(self, inc: torch.Tensor, first: torch.Tensor, low: torch.Tensor | None, step: int) -> None:
         factor = self.options["divergence_factor"]
         bad = ~torch.isfinite(inc) | (inc > factor * first.clamp_min(torch.finfo(inc.dtype).tiny))
         if bool(bad.any()):
@@ -91,4 +110,15 @@ class LissaStrategy(Strategy):
                 f"{float(inc.max()):.3g} from {float(first.max()):.3g}. The scale "
                 f"{self.options['scale']:g} must exceed the largest eigenvalue of H + λI "
                 f"(estimate it with A.eigh(1)); increase scale"
+            )
+        if low is None:
+            return
+        floor = torch.finfo(inc.dtype).eps ** 0.5 * first  # below it, growth is rounding noise
+        grew = (inc > 2 * low) & (inc > floor)
+        if bool(grew.any()):
+            raise DivergenceError(
+                f"LiSSA diverged at step {step}: the increments grew from {float(low[grew].min()):.3g} "
+                f"to {float(inc[grew].max()):.3g}, which a convergent series never does. Either H + λI "
+                f"is not positive definite (add a shift λ > 0; check A.eigh(1, which='LA')) or the "
+                f"scale {self.options['scale']:g} is below its largest eigenvalue; increase scale"
             )

@@ -1,0 +1,148 @@
+"""Edge cases found by a bug hunt on the public API: each test failed before its fix."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from linop import (
+    ConvergenceWarning,
+    DenseOperator,
+    DiagonalOperator,
+    DivergenceError,
+    DTypeMismatchError,
+    HessianOperator,
+    IdentityOperator,
+    NegativeCurvatureWarning,
+    NonFiniteError,
+    ProjectionOperator,
+    SingularOperatorError,
+    Tags,
+    solve,
+)
+from linop.hessian import hvp
+from tests.contract import assert_close
+
+D64 = torch.float64
+
+
+def test_scaling_a_rectangular_operator_by_zero_keeps_its_transpose_rectangular():
+    A = DenseOperator(torch.randn(2, 3, dtype=D64))
+    Z = 0 * A
+    assert Z.T.shape == (3, 2) and not Z.tags.symmetric
+    assert_close(Z.T @ torch.ones(2, dtype=D64), torch.zeros(3, dtype=D64))
+
+
+def test_complex_operators_are_refused():
+    with pytest.raises(DTypeMismatchError, match="complex operators are not supported"):
+        DenseOperator(torch.ones(2, 2, dtype=torch.complex64))
+
+
+def test_non_finite_scalars_and_shifts_are_refused():
+    A = DenseOperator(torch.eye(3, dtype=D64))
+    with pytest.raises(NonFiniteError):
+        float("nan") * A
+    with pytest.raises(NonFiniteError):
+        A + float("inf") * IdentityOperator.like(A)
+    with pytest.raises(NonFiniteError):
+        A.regularize(float("nan"))
+
+
+def test_cg_on_a_singular_psd_matrix_stops_finite_and_warns():
+    A = DiagonalOperator(torch.tensor([1.0, 2.0, 0.0, 3.0], dtype=D64))
+    with pytest.warns(NegativeCurvatureWarning):
+        x, info = solve(A, torch.ones(4, dtype=D64), "cg", return_info=True)
+    assert torch.isfinite(x).all() and torch.isfinite(info.residuals).all()
+    assert not bool(info.converged[0])
+
+
+def test_cg_reports_the_true_residual_and_says_when_rounding_limits_it():
+    g = torch.Generator().manual_seed(0)
+    Q = torch.linalg.qr(torch.randn(200, 200, generator=g)).Q
+    M = (Q * torch.logspace(0, 4, 200)) @ Q.T
+    M = (M + M.T) / 2
+    b = torch.randn(200, generator=g)
+    with pytest.warns(ConvergenceWarning, match="true residual"):
+        x, info = solve(DenseOperator(M, Tags(psd=True)), b, "cg", return_info=True)
+    true = float((b - M @ x).norm() / b.norm())
+    assert float(info.residuals[0]) == pytest.approx(true, rel=1e-3)
+    assert not bool(info.converged[0]) and "attainable accuracy" in info.reasons[0]
+
+
+def test_a_float32_preconditioner_for_a_float64_solve_is_a_dtype_error():
+    A = DenseOperator(torch.eye(3, dtype=D64), Tags(psd=True))
+    with pytest.raises(DTypeMismatchError, match="preconditioner"):
+        A.inverse("cg", preconditioner=DenseOperator(torch.eye(3))) @ torch.ones(3, dtype=D64)
+
+
+def test_explicit_judges_singularity_at_the_operators_own_precision():
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+    H = HessianOperator(lambda w, X, y: F.cross_entropy(X @ w.reshape(4, 3), y), (torch.zeros(12), X, y))
+    with pytest.raises(SingularOperatorError):  # softmax: an exact null space, in float32
+        solve(H, torch.randn(12, generator=g), "explicit")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_explicit_and_lanczos(dtype):
+    M = torch.diag(torch.arange(1.0, 11.0, dtype=D64))
+    A = DenseOperator(M.to(dtype), Tags(psd=True))
+    assert A.eigh(3).values.tolist() == [10.0, 9.0, 8.0]
+    b = torch.ones(10, dtype=dtype)
+    for method, options in [("explicit", {}), ("arnoldi", {"rank": 10, "maxiter": 10})]:
+        x = A.inverse(method, **options) @ b
+        assert x.dtype == dtype
+        assert_close(x.double(), 1 / torch.arange(1.0, 11.0, dtype=D64), 1e-2)
+
+
+def test_lissa_on_an_indefinite_operator_raises_instead_of_answering():
+    b = torch.ones(2, dtype=D64)
+    with pytest.raises(DivergenceError, match="not positive definite"):
+        solve(DiagonalOperator(torch.tensor([1.0, -0.5], dtype=D64)), b, "lissa")
+    D = DiagonalOperator(torch.tensor([1.0, 3.0], dtype=D64))
+    with pytest.raises(DivergenceError):
+        solve(D - 1.5 * IdentityOperator.like(D), b, "lissa")
+    assert_close(solve(D, b, "lissa", depth=2000), torch.tensor([1.0, 1 / 3], dtype=D64))
+
+
+def test_a_nan_in_a_later_batch_of_a_dataset_hessian_is_an_error():
+    X, y = torch.randn(30, 4, dtype=D64), torch.randint(0, 3, (30,))
+    X[15, 0] = float("nan")
+    loss = lambda w, X, y: F.cross_entropy(X @ w.reshape(4, 3), y)  # noqa: E731
+    H = HessianOperator.from_data(loss, torch.zeros(12, dtype=D64), (X, y), 10)
+    with pytest.raises(NonFiniteError, match="not finite"):
+        H @ torch.ones(12, dtype=D64)
+    with pytest.raises(NonFiniteError):
+        H.gradient()
+
+
+def test_from_module_refuses_training_mode_batch_norm_and_leaves_the_model_alone():
+    m = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5), torch.nn.Linear(5, 3)).double()
+    X, y = torch.randn(16, 4, dtype=D64), torch.randint(0, 3, (16,))
+    before = {k: b.clone() for k, b in m.named_buffers()}
+    with pytest.raises(ValueError, match="model.eval"):
+        HessianOperator.from_module(m, F.cross_entropy, (X, y))
+    m.eval()
+    HessianOperator.from_module(m, F.cross_entropy, (X, y)).to_dense()
+    assert all(torch.equal(before[k], b) for k, b in m.named_buffers())
+
+
+def test_projections_of_empty_batches():
+    for kind in ("rademacher", "gaussian", "sjlt"):
+        P = ProjectionOperator.random(50, 8, kind=kind)
+        assert P.project(torch.zeros(0, 50)).shape == (0, 8)
+        assert (P @ torch.zeros(50, 0)).shape == (8, 0)
+    P = ProjectionOperator.random(30, 8)
+    assert P.project({"w": torch.zeros(0, 20), "b": torch.zeros(0, 10)}).shape == (0, 8)
+
+
+def test_scipy_view_accepts_arrays_with_negative_strides():
+    M = torch.randn(4, 4, dtype=D64)
+    X = np.arange(8.0).reshape(4, 2)[::-1]
+    np.testing.assert_allclose(DenseOperator(M).to_scipy().matmat(X), M.numpy() @ X)
+
+
+def test_functional_hvp_with_a_negative_argnums():
+    f = lambda a, b: (a * b**3).sum()  # noqa: E731
+    out = hvp(f, (torch.ones(2), torch.tensor([1.0, 2.0])), torch.ones(2), argnums=-1)
+    assert out.tolist() == [6.0, 12.0]
