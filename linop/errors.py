@@ -6,6 +6,8 @@ Every error is a subclass of a built-in exception, so ``except ValueError`` keep
 
 from __future__ import annotations
 
+import torch
+
 __all__ = [
     "LinopError",
     "ShapeMismatchError",
@@ -51,8 +53,9 @@ class NonFiniteError(LinopError, ValueError):
     """A loss, an input or an iterate is NaN or infinite where a finite value is required."""
 
 
-class SingularOperatorError(LinopError, ArithmeticError):
-    """A direct solve met a singular (or numerically singular) matrix."""
+class SingularOperatorError(LinopError, ArithmeticError, torch.linalg.LinAlgError):
+    """A direct solve met a singular (or numerically singular) matrix. Also a
+    ``torch.linalg.LinAlgError``, as torch's own solvers raise."""
 
 
 class DivergenceError(LinopError, ArithmeticError):

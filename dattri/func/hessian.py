@@ -56,7 +56,61 @@ def _check_mode(mode: str) -> None:
 
 
 def _operator(func: Callable, x: Tuple[Any, ...], argnums: int, mode: str) -> linop.HessianOperator:
+    _refuse_transforms(x, "x")
     return linop.HessianOperator(func, tuple(x), argnums, mode)
+
+
+def _tensors(tree: Any) -> list[Tensor]:
+    if isinstance(tree, Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, (tuple, list)):
+        return [t for item in tree for t in _tensors(item)]
+    return []
+
+
+def _traced(tree: Any) -> bool:
+    """Whether any tensor in ``tree`` is wrapped by a torch.func transform (vmap, grad, ...)."""
+    return any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in _tensors(tree))
+
+
+def _refuse_transforms(tree: Any, what: str) -> None:
+    if _traced(tree):
+        raise IHVPUsageError(
+            f"the IHVP functions cannot run inside torch.func transforms (vmap, grad, jacrev) over "
+            f"`{what}`: their solvers decide on the data when each column stops. Instead of vmap, "
+            f"pass several vectors at once as v of shape (k, d); gradients with respect to v work "
+            f"with ordinary autograd (v.requires_grad_()); gradients with respect to x are not "
+            f"supported (the Hessian is taken at fixed x)"
+        )
+
+
+class _Linear(torch.autograd.Function):
+    """``solve(v)`` for a solve that is linear in ``v`` with a symmetric matrix: the gradient of
+    ``solve(v)`` against ``g`` is ``solve(g)``."""
+
+    @staticmethod
+    def forward(ctx: Any, v: Tensor, solve: Callable[[Tensor], Tensor]) -> Tensor:
+        ctx.solve = solve
+        return solve(v)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
+        return ctx.solve(g), None
+
+
+def _ihvp_closure(solve: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """The per-vector closure of an IHVP: refuses torch.func transforms, and is differentiable
+    in ``v`` with ordinary autograd."""
+
+    def _ihvp(v: Tensor) -> Tensor:
+        _refuse_transforms(v, "v")
+        if torch.is_grad_enabled() and v.requires_grad:
+            return _Linear.apply(v, solve)
+        return solve(v)
+
+    return _ihvp
 
 
 def _rows(v: Tensor) -> Tensor:
@@ -103,6 +157,9 @@ def hvp_at_x(
         IHVPUsageError: for an unknown mode.
     """
     _check_mode(mode)
+    if _traced(x) or (torch.is_grad_enabled() and any(t.requires_grad for t in _tensors(x))):
+        # differentiable in x: torch.func's product on every call (nothing cached)
+        return lambda v: _linop_hvp(func, tuple(x), v, argnums, mode) + regularization * v
     H = _operator(func, x, argnums, mode)
 
     def _hvp_at_x(v: Tensor) -> Tensor:
@@ -143,11 +200,7 @@ def ihvp_at_x_explicit(
         argnums = argnums[0]
     H = _operator(func, x, argnums, "rev-rev")
     inv = H.regularize(regularization).inverse("explicit")
-
-    def _ihvp(v: Tensor) -> Tensor:
-        return _apply_rows(inv, v)
-
-    return _ihvp
+    return _ihvp_closure(lambda v: _apply_rows(inv, v))
 
 
 def ihvp_cg(
@@ -188,13 +241,13 @@ def ihvp_at_x_cg(
 
     A = H.regularize(regularization)
 
-    def _ihvp(v: Tensor) -> Tensor:
+    def solve(v: Tensor) -> Tensor:
         V = _rows(v)
         # dattri starts from x0 = v and stops on the absolute residual norm ``tol``
         inv = A.inverse("cg", x0=V.mT, maxiter=max_iter, rtol=0.0, atol=tol)
         return (inv @ V.mT).mT
 
-    return _ihvp
+    return _ihvp_closure(solve)
 
 
 def _arnoldi_inverse(H: linop.LinearOperator, max_iter: int, top_k: int, regularization: float) -> linop.LinearOperator:
@@ -246,11 +299,7 @@ def ihvp_at_x_arnoldi(
     _check_mode(mode)
     H = _operator(func, x, argnums, mode)
     inv = _arnoldi_inverse(H, max_iter, top_k, regularization)
-
-    def _ihvp(v: Tensor) -> Tensor:
-        return (inv @ _rows(v).mT).mT
-
-    return _ihvp
+    return _ihvp_closure(lambda v: (inv @ _rows(v).mT).mT)
 
 
 def _lissa(
@@ -259,21 +308,30 @@ def _lissa(
     collate_fn: Optional[Callable], mode: str,
 ) -> Tensor:
     x = tuple(x)
+    _refuse_transforms(x, "x")
     if in_dims is None:
         in_dims = (0,) * len(x)
     if len(in_dims) != len(x):
         raise IHVPUsageError("Length of `in_dim` mismatches length of `*x`.")
-    sizes = {t.shape[d] for i, (t, d) in enumerate(zip(x, in_dims)) if d is not None and i != argnums}
+    sizes = {t.shape[d] for t, d in zip(x, in_dims) if d is not None}
     if len(sizes) > 1:
         raise IHVPUsageError(f"Input batch size mismatch! Found sizes {sorted(sizes)}.")
-    others = x[:argnums] + x[argnums + 1 :]
-    dims = tuple(in_dims[:argnums]) + tuple(in_dims[argnums + 1 :])
-    # with collate_fn, the parameter at argnums passes through it unchanged
-    f = func if collate_fn is None else (lambda *args: func(*collate_fn(args)))
+    # As dattri, ``argnums`` names an argument of ``func``: one of the collated inputs. The
+    # Hessian is taken with respect to it at its full-data value, and every minibatch of the
+    # raw inputs is collated with that argument replaced by the variable.
+    collate = collate_fn if collate_fn is not None else (lambda args: args)
+    theta = tuple(collate(x))[argnums]
+
+    def f(theta_: Any, *raw: Any) -> Tensor:
+        args = list(collate(raw))
+        args[argnums] = theta_
+        return func(*args)
+
     if not sizes:  # no example dimension: one fixed batch, the deterministic series
-        H: linop.LinearOperator = linop.HessianOperator(f, x, argnums, mode)
-    else:
-        H = linop.HessianOperator.from_data(f, x[argnums], others, batch_size, argnums, mode, in_dims=dims)
+        H: linop.LinearOperator = linop.HessianOperator(f, (theta, *x), 0, mode)
+    else:  # a batch larger than the data is the whole data, as dattri's sampling gives
+        batch_size = min(batch_size, next(iter(sizes)))
+        H = linop.HessianOperator.from_data(f, theta, x, batch_size, 0, mode, in_dims=tuple(in_dims))
     # dattri's recursion h ← v + (1 − damping) h − H h / scaling has the fixed point
     # (H + damping·scaling·I)⁻¹ v: exactly linop's LiSSA on H + damping·scaling·I.
     inv = H.regularize(damping * scaling).inverse(
@@ -281,7 +339,7 @@ def _lissa(
         batch_size=batch_size if sizes else None, scale=scaling,
         seed=int(torch.randint(2**31 - 1, (1,))),
     )
-    return (inv @ _rows(v).mT).mT
+    return _ihvp_closure(lambda u: (inv @ _rows(u).mT).mT)(v)
 
 
 def ihvp_lissa(

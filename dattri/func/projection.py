@@ -89,6 +89,8 @@ def _as_rows(features: dict | Tensor, device: str | torch.device) -> Tensor:
     if isinstance(features, dict):
         features = _vectorize(features, device=device)
     features = features.detach().to(device)
+    if features.ndim == 1:  # one example
+        features = features.unsqueeze(0)
     if features.ndim > 2:
         features = features.reshape(features.shape[0], -1)
     return features
@@ -209,6 +211,8 @@ class BasicProjector(AbstractProjector):
         Returns:
             ``(B, proj_dim)`` in the projector's ``dtype``.
         """
+        if isinstance(features, Tensor) and features.ndim == 1:  # one vector: (proj_dim,), as dattri
+            return self.project(features.unsqueeze(0), ensemble_id)[0]
         if ensemble_id != self.ensemble_id:
             self.ensemble_id = ensemble_id
             self.operator = self._build(ensemble_id)
@@ -292,6 +296,8 @@ class CudaProjector(AbstractProjector):
         Returns:
             ``(B, proj_dim)``, in ``dtype`` if given, else in the features' dtype.
         """
+        if isinstance(features, Tensor) and features.ndim == 1:  # one vector: (proj_dim,)
+            return self.project(features.unsqueeze(0), ensemble_id)[0]
         rows = _as_rows(features, self.device)
         out_dtype = self.dtype if self.dtype is not None else rows.dtype
         operator = self._operator(ensemble_id)
