@@ -27,23 +27,19 @@ Example:
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Callable
-from enum import Enum
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from linop import (
-    ArnoldiProjection,
-    HessianOperator,
-    LinearOperator,
     ProjectionOperator,
     RandomProjection,
     SeededBlockProjection,
 )
 
+from ._arnoldi_projection import ArnoldiProjector, arnoldi_project
+from ._projector_base import AbstractProjector, ProjectionType, _as_rows, _linop_kind
 from .utils import _vectorize, get_parameter_chunk_sizes  # noqa: F401 - re-exported as dattri
 
 #: dattri's module-level alias of :func:`dattri.func.utils._vectorize`.
@@ -65,79 +61,6 @@ __all__ = [
 _BASIC_ENSEMBLE_STRIDE = 100_000
 #: The seed offset dattri gives every ensemble member of a CudaProjector.
 _CUDA_ENSEMBLE_STRIDE = 10_000
-
-
-class ProjectionType(str, Enum):
-    """The distribution of a random projection's entries."""
-
-    normal: str = "normal"
-    rademacher: str = "rademacher"
-
-
-def _linop_kind(proj_type: str | ProjectionType) -> str:
-    """linop's name for a projection type; a KeyError for an unknown one, as in dattri."""
-    value = proj_type.value if isinstance(proj_type, ProjectionType) else proj_type
-    if value == "normal":
-        return "gaussian"
-    if value == "rademacher":
-        return "rademacher"
-    raise KeyError(f"Projection type {proj_type} not recognized.")
-
-
-def _as_rows(features: dict | Tensor, device: str | torch.device) -> Tensor:
-    """Features as a detached ``(B, n)`` tensor on ``device`` (a dict flattened as dattri does)."""
-    if isinstance(features, dict):
-        features = _vectorize(features, device=device)
-    features = features.detach().to(device)
-    if features.ndim == 1:  # one example
-        features = features.unsqueeze(0)
-    if features.ndim > 2:
-        features = features.reshape(features.shape[0], -1)
-    return features
-
-
-class AbstractProjector(ABC):
-    """The interface of every projector: ``project(features, ensemble_id)`` to ``(B, proj_dim)``.
-
-    Args:
-        feature_dim: the dimension of the features (the number of parameters, for gradients).
-        proj_dim: the dimension after the projection.
-        seed: the seed of the projection matrix.
-        proj_type: ``"normal"`` or ``"rademacher"`` entries.
-        device: where the projection runs.
-    """
-
-    @abstractmethod
-    def __init__(
-        self,
-        feature_dim: int,
-        proj_dim: int,
-        seed: int,
-        proj_type: str | ProjectionType,
-        device: str | torch.device,
-    ) -> None:
-        self.feature_dim = feature_dim
-        self.proj_dim = proj_dim
-        self.seed = seed
-        self.proj_type = proj_type
-        self.device = device
-
-    @abstractmethod
-    def project(self, features: dict | Tensor, ensemble_id: int) -> Tensor:
-        """Project a batch of features.
-
-        Args:
-            features: a ``(B, feature_dim)`` tensor or a dict of per-parameter ``(B, ...)``
-                tensors.
-            ensemble_id: selects one of several independent projection matrices.
-
-        Returns:
-            The projected features, ``(B, proj_dim)``.
-        """
-
-    @abstractmethod
-    def free_memory(self) -> None:
-        """Release memory held by the projector."""
 
 
 class BasicProjector(AbstractProjector):
@@ -400,126 +323,6 @@ class ChunkedCudaProjector:
         return self.project(features, ensemble_id)
 
 
-class ArnoldiProjector(AbstractProjector):
-    """Projects features by ``Λ^{-1/2} Vᵀ`` from the top eigenpairs of ``H + λI``.
-
-    ``H`` is the Hessian of ``func`` at ``x`` (:class:`linop.HessianOperator`), ``λ`` the
-    ``regularization``, and ``(Λ, V)`` its top ``proj_dim`` eigenpairs by magnitude, found once
-    (on the first projection, or :meth:`get_eigenspace`) by Lanczos with full
-    reorthogonalisation from a start vector seeded by ``seed``
-    (:class:`linop.ArnoldiProjection`). Inner products of projected features approximate
-    ``gᵀ (H + λI)⁻¹ g'``.
-
-    Differences from dattri 0.2.0, all fixes: directions whose eigenvalue is not positive get
-    weight zero with a :class:`linop.NegativeCurvatureWarning` (dattri returns NaN columns);
-    ``norm_constant`` does not change the result (it is the norm of the Krylov basis vectors in
-    jax-influence's Arnoldi, a guard against underflow when normalising huge vectors; the
-    eigenpairs do not depend on it, but dattri divides only part of the iteration by it and
-    returns wrong eigenpairs for ``norm_constant != 1``; linop keeps an orthonormal basis in the
-    working precision, so it is accepted and has no effect); when Lanczos finds an invariant
-    subspace early it restarts orthogonally instead of stopping, so
-    ``min(proj_dim, max_iter − 1, feature_dim)`` columns are always resolved. Columns come in
-    dattri's order, by increasing eigenvalue magnitude.
-
-    Args:
-        feature_dim: the dimension of the features; must be the number of entries of ``x``.
-        proj_dim: how many eigenpairs (columns of the result).
-        func: a function of ``x`` returning a single-element tensor.
-        x: the point at which the Hessian is taken (``func(x)``).
-        argnums: which argument of ``func`` is differentiated (``func`` takes one, so 0).
-        max_iter: the Krylov dimension plus one, as dattri counts: ``max_iter − 1`` Lanczos
-            steps (Hessian-vector products), at most ``feature_dim``.
-        norm_constant: accepted for compatibility; no effect on the result (see above).
-        tol: accepted for compatibility; breakdown of the Lanczos iteration is detected relative
-            to the Hessian's scale (dattri's absolute threshold has no scale-free meaning).
-        mode: ``"rev-fwd"`` or ``"rev-rev"`` Hessian-vector products.
-        regularization: ``λ``, added to the Hessian.
-        seed: the seed of the Lanczos start vector.
-        device: accepted for compatibility: the Hessian and the projection live where ``x``
-            lives, and features are moved there.
-
-    Example:
-        >>> x = torch.randn(5)
-        >>> P = ArnoldiProjector(5, 5, lambda x: torch.sin(x).sum(), x, regularization=2.0)
-        >>> P.project(torch.randn(3, 5)).shape
-        torch.Size([3, 5])
-    """
-
-    def __init__(
-        self,
-        feature_dim: int,
-        proj_dim: int,
-        func: Callable,
-        x: Any,
-        argnums: int = 0,
-        max_iter: int = 100,
-        norm_constant: float = 1.0,
-        tol: float = 1e-7,
-        mode: str = "rev-fwd",
-        regularization: float = 0.0,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        self.feature_dim = feature_dim
-        self.proj_dim = proj_dim
-        self.seed = seed
-        self.device = device
-        self.proj_type = "arnoldi"
-        self.max_iter = max_iter
-        self.norm_constant = float(norm_constant)
-        self.tol = tol
-        self.regularization = float(regularization)
-        self.hessian = HessianOperator(func, (x,), argnums=argnums, mode=mode)
-        n = self.hessian.shape[0]
-        if feature_dim != n:
-            raise ValueError(f"feature_dim={feature_dim} but the point x has {n} entries")
-        if max_iter < 2:
-            raise ValueError(f"max_iter must be at least 2 (one Lanczos step), got {max_iter}")
-        if proj_dim < 1:
-            raise ValueError(f"proj_dim must be positive, got {proj_dim}")
-        self.operator: LinearOperator = self.hessian.regularize(self.regularization)
-        self.steps = min(n, max_iter - 1)
-        self.rank = min(proj_dim, self.steps)
-        self.projection: ArnoldiProjection | None = None
-        self.eigvals: Tensor | None = None
-        self.eigvecs: Tensor | None = None
-
-    def get_eigenspace(self) -> None:
-        """Compute the eigenpairs once (later calls do nothing).
-
-        Sets :attr:`eigvals` (``θ + λ``, by increasing magnitude) and :attr:`eigvecs`
-        (``(rank, feature_dim)`` orthonormal rows, in the same order).
-        """
-        if self.projection is not None:
-            return
-        # dattri's absolute ``tol`` has no scale-free meaning: linop's relative default is used
-        options = {"maxiter": self.steps, "seed": self.seed, "which": "LM"}
-        low = self.operator.eigh(self.rank, **options)  # cached on the operator: computed once
-        self.projection = ArnoldiProjection(self.operator, self.rank, **options)
-        self.eigvals = low.values.flip(0)
-        self.eigvecs = low.vectors.mT.flip(0)
-
-    def project(self, features: dict | Tensor, ensemble_id: int = 0) -> Tensor:
-        """Project a batch of features.
-
-        Args:
-            features: a ``(B, feature_dim)`` tensor or a dict of per-parameter ``(B, ...)``
-                tensors.
-            ensemble_id: ignored (one Hessian, one projection); accepted for the interface.
-
-        Returns:
-            ``(B, rank)`` in the Hessian's dtype, columns by increasing eigenvalue magnitude.
-        """
-        del ensemble_id
-        self.get_eigenspace()
-        assert self.projection is not None
-        rows = _as_rows(features, self.projection.device).to(self.projection.dtype)
-        return self.projection.project(rows).flip(1)
-
-    def free_memory(self) -> None:
-        """A no-op (the eigenpairs are what the projector is)."""
-
-
 def make_random_projector(
     param_shape_list: list,
     feature_batch_size: int,
@@ -636,76 +439,3 @@ def random_project(
         return projector.project(feature, ensemble_id)
 
     return _random_project_func
-
-
-def arnoldi_project(
-    feature_dim: int,
-    func: Callable,
-    x: Any,
-    argnums: int = 0,
-    proj_dim: int = 100,
-    max_iter: int = 100,
-    norm_constant: float = 1.0,
-    tol: float = 1e-7,
-    mode: str = "rev-fwd",
-    regularization: float = 0.0,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-) -> Callable:
-    """Project features by the top eigenpairs of the Hessian of ``func`` at ``x`` (Arnoldi).
-
-    The returned function maps ``g`` to ``Λ^{-1/2} Vᵀ g``, where ``(Λ, V)`` are the
-    top-``proj_dim`` eigenpairs by magnitude of ``H + λI`` (``λ = regularization``), so inner
-    products of projected vectors approximate ``gᵀ (H + λI)⁻¹ g'``. The eigenpairs are computed
-    once, on the first call, by Lanczos from a start vector seeded by ``seed``; directions whose
-    eigenvalue is not positive get weight zero (never NaN). See :class:`ArnoldiProjector` for
-    every argument and the differences from dattri 0.2.0.
-
-    Args:
-        feature_dim: the dimension of the features (the number of entries of ``x``).
-        func: a function of ``x`` returning a single-element tensor.
-        x: the point at which the Hessian is taken.
-        argnums: which argument of ``func`` is differentiated (0).
-        proj_dim: how many eigenpairs to keep.
-        max_iter: ``max_iter − 1`` Lanczos steps (Hessian-vector products), at most
-            ``feature_dim``.
-        norm_constant: accepted for compatibility; the result does not depend on it (dattri
-            0.2.0 returns wrong eigenpairs for values other than 1).
-        tol: accepted for compatibility; breakdown of the Lanczos iteration is detected
-            relative to the Hessian's scale (dattri's absolute threshold has no scale-free
-            meaning).
-        mode: ``"rev-fwd"`` or ``"rev-rev"``.
-        regularization: ``λ``, added to the Hessian.
-        seed: the seed of the Lanczos start vector.
-        device: accepted for compatibility; features are moved to the device of ``x``.
-
-    Returns:
-        A function ``(feature) -> (B, min(proj_dim, max_iter − 1, feature_dim))`` accepting a
-        ``(B, feature_dim)`` tensor or a dict of per-parameter ``(B, ...)`` tensors.
-
-    Example:
-        >>> x = torch.randn(10)
-        >>> project = arnoldi_project(10, lambda x: (x ** 4).sum(), x, proj_dim=5)
-        >>> project(torch.randn(20, 10)).shape
-        torch.Size([20, 5])
-    """
-    projector = ArnoldiProjector(
-        feature_dim,
-        proj_dim,
-        func,
-        x,
-        argnums,
-        max_iter,
-        norm_constant,
-        tol,
-        mode,
-        regularization,
-        seed,
-        device,
-    )
-
-    def _arnoldi_project_func(feature: dict[str, Tensor] | Tensor) -> Tensor:
-        """Project ``feature`` (a ``(B, feature_dim)`` tensor or a dict) to ``(B, rank)``."""
-        return projector.project(feature)
-
-    return _arnoldi_project_func
