@@ -98,7 +98,7 @@ class CGStrategy(Strategy):
         # the largest Rayleigh quotient pᵀAp/pᵀp seen per column: curvature below eps times it is
         # zero to the working precision (a singular operator), where a step would overflow
         top = torch.zeros(k, dtype=B.dtype, device=B.device)
-        eps = 100 * torch.finfo(B.dtype).eps
+        eps = torch.finfo(B.dtype).eps
         iters = torch.zeros(k, dtype=torch.long, device=B.device)
         active = torch.nonzero(live).flatten().tolist()
 
