@@ -76,7 +76,7 @@ class LissaStrategy(Strategy):
                 h = h + increment
                 if step % every == 0 or step == o["depth"] - 1:
                     last = increment.norm(dim=0)
-                    self._check(last, first, low if deterministic else None, step)
+                    self._check(last, first, (low, h.norm(dim=0)) if deterministic else None, step)
                     low = torch.minimum(low, last)
                 bar.update(1)
             bar.update(1)
@@ -101,7 +101,9 @@ class LissaStrategy(Strategy):
         )
         return X, info
 
-    def _check(self, inc: torch.Tensor, first: torch.Tensor, low: torch.Tensor | None, step: int) -> None:
+    def _check(
+        self, inc: torch.Tensor, first: torch.Tensor, low_h: tuple[torch.Tensor, torch.Tensor] | None, step: int
+    ) -> None:
         factor = self.options["divergence_factor"]
         bad = ~torch.isfinite(inc) | (inc > factor * first.clamp_min(torch.finfo(inc.dtype).tiny))
         if bool(bad.any()):
@@ -111,9 +113,11 @@ class LissaStrategy(Strategy):
                 f"{self.options['scale']:g} must exceed the largest eigenvalue of H + λI "
                 f"(estimate it with A.eigh(1)); increase scale"
             )
-        if low is None:
+        if low_h is None:
             return
-        floor = torch.finfo(inc.dtype).eps ** 0.5 * first  # below it, growth is rounding noise
+        low, hnorm = low_h
+        eps = torch.finfo(inc.dtype).eps  # below the floor, growth is rounding noise (of h too)
+        floor = torch.maximum(eps**0.5 * first, 100 * eps * hnorm)
         grew = (inc > 2 * low) & (inc > floor)
         if bool(grew.any()):
             raise DivergenceError(
