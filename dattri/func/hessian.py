@@ -79,35 +79,48 @@ def _refuse_transforms(tree: Any, what: str) -> None:
     if _traced(tree):
         raise IHVPUsageError(
             f"the IHVP functions cannot run inside torch.func transforms (vmap, grad, jacrev) over "
-            f"`{what}`: their solvers decide on the data when each column stops. Instead of vmap, "
-            f"pass several vectors at once as v of shape (k, d); gradients with respect to v work "
-            f"with ordinary autograd (v.requires_grad_()); gradients with respect to x are not "
-            f"supported (the Hessian is taken at fixed x)"
+            f"`{what}`: the Hessian is taken at fixed inputs, so gradients with respect to x are "
+            f"not supported, and vmap over x would need one Hessian per input. Transforms over v "
+            f"work (vmap over vectors, grad with respect to v); for several inputs, call once "
+            f"per input"
         )
 
 
 class _Linear(torch.autograd.Function):
-    """``solve(v)`` for a solve that is linear in ``v`` with a symmetric matrix: the gradient of
-    ``solve(v)`` against ``g`` is ``solve(g)``."""
+    """``solve(v)`` for a solve that is linear in ``v`` with a symmetric matrix, made to work with
+    autograd and torch.func: the gradient of ``solve(v)`` against ``g`` is ``solve(g)``, and under
+    ``vmap`` the batch of vectors is solved at once, as rows (the solvers stop each column on
+    its own, which vmap could not trace)."""
 
     @staticmethod
-    def forward(ctx: Any, v: Tensor, solve: Callable[[Tensor], Tensor]) -> Tensor:
-        ctx.solve = solve
+    def forward(v: Tensor, solve: Callable[[Tensor], Tensor], keeps_1d: bool) -> Tensor:
         return solve(v)
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
-        return ctx.solve(g), None
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.solve = inputs[1]
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
+        return ctx.solve(g), None, None
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], v: Tensor, solve: Callable, keeps_1d: bool) -> tuple[Tensor, int]:
+        V = v.movedim(in_dims[0], 0)  # (batch, d) or (batch, k, d)
+        d = V.shape[-1]
+        out = solve(V.reshape(-1, d))  # every vector of the batch as one row
+        single = V.shape[1:] if keeps_1d or V.ndim == 3 else (1, d)  # what one call returns
+        return out.reshape(V.shape[0], *single), 0
 
 
-def _ihvp_closure(solve: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """The per-vector closure of an IHVP: refuses torch.func transforms, and is differentiable
-    in ``v`` with ordinary autograd."""
+def _ihvp_closure(solve: Callable[[Tensor], Tensor], keeps_1d: bool = False) -> Callable[[Tensor], Tensor]:
+    """The per-vector closure of an IHVP, differentiable in ``v`` (autograd and
+    ``torch.func.grad``) and vmappable over ``v``. ``keeps_1d``: ``solve`` maps ``(d,)`` to
+    ``(d,)``; otherwise to ``(1, d)``, as dattri's iterative methods do."""
 
     def _ihvp(v: Tensor) -> Tensor:
-        _refuse_transforms(v, "v")
-        if torch.is_grad_enabled() and v.requires_grad:
-            return _Linear.apply(v, solve)
+        if _traced(v) or (torch.is_grad_enabled() and v.requires_grad):
+            return _Linear.apply(v, solve, keeps_1d)
         return solve(v)
 
     return _ihvp
@@ -200,7 +213,7 @@ def ihvp_at_x_explicit(
         argnums = argnums[0]
     H = _operator(func, x, argnums, "rev-rev")
     inv = H.regularize(regularization).inverse("explicit")
-    return _ihvp_closure(lambda v: _apply_rows(inv, v))
+    return _ihvp_closure(lambda v: _apply_rows(inv, v), keeps_1d=True)
 
 
 def ihvp_cg(
