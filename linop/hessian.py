@@ -233,8 +233,12 @@ class HessianOperator(LinearOperator):
         ``data`` is one batch ``(X, y)`` or an iterable of such batches (a DataLoader), for the
         dataset mean. Options as the constructor or :meth:`from_batches`.
         """
-        random_or_stateful = (torch.nn.modules.batchnorm._NormBase, torch.nn.modules.dropout._DropoutNd)
-        if model.training and any(isinstance(m, random_or_stateful) for m in model.modules()):
+        def random_or_stateful(m: torch.nn.Module) -> bool:  # in training mode
+            if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+                return m.p > 0
+            return isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats
+
+        if model.training and any(random_or_stateful(m) for m in model.modules()):
             raise ValueError(
                 "the model is in training mode and has dropout or batch-norm layers: its loss is "
                 "random or updates running statistics, so its Hessian is not defined. Call "

@@ -181,7 +181,7 @@ class RandomProjection(ProjectionOperator):
         compute_dtype = _compute_dtype(dtype)
         if block_size is None:
             block_size = max(32, _BLOCK_BYTES // (k * torch.finfo(compute_dtype).bits // 8))
-        if block_size < 32 or not 1 <= nnz <= k:
+        if block_size < 32 or (kind == "sjlt" and not 1 <= nnz <= k):
             raise ValueError(
                 f"block_size must be at least 32 and 1 <= nnz <= k, got {block_size}, {nnz}"
             )

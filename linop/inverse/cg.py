@@ -95,10 +95,11 @@ class CGStrategy(Strategy):
         rz = (R * Z).sum(0)
         live = R.norm(dim=0) > threshold  # device mask of columns still iterating
         curvature = torch.zeros(k, dtype=torch.bool, device=B.device)
-        # the largest Rayleigh quotient pᵀAp/pᵀp seen per column: curvature below eps times it is
-        # zero to the working precision (a singular operator), where a step would overflow
+        # the largest Rayleigh quotient pᵀAp/pᵀp seen per column: curvature below eps^1.5 times it
+        # is zero to working precision (a singular operator: there it is ~eps² times it, and a
+        # step would overflow), while a positive definite one resolvable in the dtype stays above
         top = torch.zeros(k, dtype=B.dtype, device=B.device)
-        eps = torch.finfo(B.dtype).eps
+        eps = torch.finfo(B.dtype).eps ** 1.5
         iters = torch.zeros(k, dtype=torch.long, device=B.device)
         active = torch.nonzero(live).flatten().tolist()
 

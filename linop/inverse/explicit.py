@@ -41,12 +41,14 @@ class ExplicitStrategy(Strategy):
         if M.dtype in (torch.float16, torch.bfloat16):  # factorisations need float32 or float64
             M = M.float()
         # singular means singular at the operator's own precision, whatever the factor's dtype
-        self.eps = A.shape[1] * torch.finfo(A.dtype).eps
+        self.eps = 10 * torch.finfo(A.dtype).eps
         if A.tags.symmetric:
             M = (M + M.mT) / 2
             for dtype in dict.fromkeys([M.dtype, torch.float64]):
                 L, info = torch.linalg.cholesky_ex(M.to(dtype))
                 if int(info) == 0:
+                    # success can be rounding luck on a singular matrix: judge the pivots at the
+                    # operator's precision (a positive definite one has them above 10 eps)
                     pivots = L.diagonal().square()
                     if float(pivots.min()) <= self.eps * float(pivots.max()):
                         raise _singular(M, "a pivot of Cholesky is zero to working precision")

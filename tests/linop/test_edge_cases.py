@@ -48,6 +48,18 @@ def test_non_finite_scalars_and_shifts_are_refused():
         A.regularize(float("nan"))
 
 
+@pytest.mark.parametrize("dtype,small", [(torch.float16, 2.0**-12), (torch.bfloat16, 2.0**-10), (torch.float32, 1e-8)])
+def test_cg_solves_ill_conditioned_diagonals_resolvable_in_the_dtype(dtype, small):
+    x = solve(DiagonalOperator(torch.tensor([1.0, small], dtype=dtype)), torch.ones(2, dtype=dtype), "cg", rtol=1e-2)
+    assert_close(x.double(), torch.tensor([1.0, 1 / small], dtype=D64), 1e-2)
+
+
+def test_explicit_solves_a_well_posed_ill_conditioned_float32_matrix():
+    d = torch.logspace(0, -4, 1000)
+    x = solve(DiagonalOperator(d), torch.ones(1000), "explicit")
+    assert_close(x.double(), 1 / d.double(), 1e-5)
+
+
 def test_cg_on_a_singular_psd_matrix_stops_finite_and_warns():
     A = DiagonalOperator(torch.tensor([1.0, 2.0, 0.0, 3.0], dtype=D64))
     with pytest.warns(NegativeCurvatureWarning):
@@ -103,6 +115,9 @@ def test_lissa_on_an_indefinite_operator_raises_instead_of_answering():
     with pytest.raises(DivergenceError):
         solve(D - 1.5 * IdentityOperator.like(D), b, "lissa")
     assert_close(solve(D, b, "lissa", depth=2000), torch.tensor([1.0, 1 / 3], dtype=D64))
+    H = HessianOperator(lambda w, M: 0.5 * w @ M @ w, (torch.zeros(2, dtype=D64), torch.diag(torch.tensor([1.0, -0.5], dtype=D64))))
+    with pytest.raises(DivergenceError):  # a one-batch Hessian has no data to draw: deterministic
+        solve(H, b, "lissa", depth=30, scale=2.0)
 
 
 def test_a_nan_in_a_later_batch_of_a_dataset_hessian_is_an_error():
@@ -116,15 +131,21 @@ def test_a_nan_in_a_later_batch_of_a_dataset_hessian_is_an_error():
         H.gradient()
 
 
-def test_from_module_refuses_training_mode_batch_norm_and_leaves_the_model_alone():
-    m = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5), torch.nn.Linear(5, 3)).double()
+def test_from_module_refuses_only_what_training_mode_makes_random_or_stateful():
     X, y = torch.randn(16, 4, dtype=D64), torch.randint(0, 3, (16,))
-    before = {k: b.clone() for k, b in m.named_buffers()}
-    with pytest.raises(ValueError, match="model.eval"):
-        HessianOperator.from_module(m, F.cross_entropy, (X, y))
-    m.eval()
-    HessianOperator.from_module(m, F.cross_entropy, (X, y)).to_dense()
-    assert all(torch.equal(before[k], b) for k, b in m.named_buffers())
+    lin = lambda: torch.nn.Linear(4, 5)  # noqa: E731
+    for layer in (torch.nn.BatchNorm1d(5), torch.nn.Dropout(0.5)):
+        m = torch.nn.Sequential(lin(), layer, torch.nn.Linear(5, 3)).double()
+        before = {k: b.clone() for k, b in m.named_buffers()}
+        with pytest.raises(ValueError, match="model.eval"):  # before touching the model
+            HessianOperator.from_module(m, F.cross_entropy, (X, y))
+        assert all(torch.equal(before[k], b) for k, b in m.named_buffers())
+        m.eval()
+        n = sum(p.numel() for p in m.parameters())
+        assert HessianOperator.from_module(m, F.cross_entropy, (X, y)).to_dense().shape == (n, n)
+    for layer in (torch.nn.Dropout(0.0), torch.nn.InstanceNorm1d(1)):  # deterministic in training
+        m = torch.nn.Sequential(lin(), torch.nn.Unflatten(1, (1, 5)), layer, torch.nn.Flatten(), torch.nn.Linear(5, 3))
+        HessianOperator.from_module(m.double(), F.cross_entropy, (X, y))
 
 
 def test_projections_of_empty_batches():
