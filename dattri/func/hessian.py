@@ -258,7 +258,8 @@ def ihvp_at_x_cg(
     def solve(v: Tensor) -> Tensor:
         V = _rows(v)
         # dattri starts from x0 = v and stops on the absolute residual norm ``tol``
-        inv = A.inverse("cg", x0=V.mT, maxiter=max_iter, rtol=0.0, atol=tol)
+        # and, as plain CG, goes on through negative curvature (Hessians away from a minimum)
+        inv = A.inverse("cg", x0=V.mT, maxiter=max_iter, rtol=0.0, atol=tol, indefinite=True)
         with warnings.catch_warnings():  # dattri's default tol (1e-7) is below what float32
             warnings.filterwarnings("ignore", "CG reached the tolerance in its recursive")  # reaches
             return (inv @ V.mT).mT

@@ -53,7 +53,10 @@ class CGStrategy(Strategy):
     ``A⁻¹``, or ``"arnoldi"`` for deflation by the top ``rank`` eigenpairs — ``rank``,
     ``arnoldi_maxiter`` and ``seed`` pass to :meth:`~linop.LinearOperator.eigh`),
     ``check_every`` (iterations between host checks of convergence; default 1 on CPU, 10 on
-    GPUs), ``progress`` (a progress bar)."""
+    GPUs), ``progress`` (a progress bar), ``indefinite`` (False: stop a column at non-positive
+    curvature, the documented behaviour; True: go on through negative curvature, as plain CG
+    does on a symmetric indefinite matrix, stopping only at zero curvature — the iterates are
+    then the Galerkin solutions of the Krylov spaces, with no guarantee of convergence)."""
 
     name = "cg"
     defaults = {
@@ -67,6 +70,7 @@ class CGStrategy(Strategy):
         "seed": 0,
         "check_every": None,
         "progress": False,
+        "indefinite": False,
     }
 
     def _setup(self) -> int:
@@ -115,9 +119,11 @@ class CGStrategy(Strategy):
                 hvps += len(active)
                 pAp = (P_a * AP).sum(0)
                 pp = (P_a * P_a).sum(0)
-                top[idx] = torch.maximum(top[idx], torch.nan_to_num(pAp / pp.clamp_min(torch.finfo(pp.dtype).tiny)))
+                rq = torch.nan_to_num(pAp / pp.clamp_min(torch.finfo(pp.dtype).tiny)).abs()
+                top[idx] = torch.maximum(top[idx], rq)
                 on = live[idx]
-                bad = on & ~(pAp > eps * top[idx] * pp)  # non-positive (or non-finite) curvature
+                curv = pAp.abs() if o["indefinite"] else pAp
+                bad = on & ~(curv > eps * top[idx] * pp)  # non-positive (or non-finite) curvature
                 curvature[idx] |= bad
                 on = on & ~bad
                 alpha = torch.where(on, rz[idx] / torch.where(on, pAp, 1), 0)
@@ -158,7 +164,10 @@ class CGStrategy(Strategy):
         residuals = rnorm / torch.where(bnorm > 0, bnorm, 1)
         reasons = []
         for conv, curv, drift in zip(converged.tolist(), curvature.tolist(), drifted.tolist()):
-            if curv:
+            if curv and self.options["indefinite"]:
+                reasons.append("zero curvature pᵀAp = 0 (to working precision): the operator is "
+                               "singular along p")
+            elif curv:
                 reasons.append("non-positive curvature pᵀAp ≤ 0 (to working precision): the operator "
                                "is not positive definite")
             elif conv:

@@ -112,3 +112,13 @@ def test_a_singular_explicit_hessian_is_also_a_torch_linalg_error():
     with pytest.raises(torch.linalg.LinAlgError):
         ihvp_at_x_explicit(lambda w: (w[:2] ** 2).sum(), w)(torch.ones(3, dtype=D64))
     assert issubclass(SingularOperatorError, torch.linalg.LinAlgError)
+
+
+def test_cg_goes_through_negative_curvature_as_dattri_does():
+    """dattri 0.2.0's own test: CG on the Hessian of sin(x + y), which is indefinite or negative
+    definite for most y (its closed-form inverse is diag(−1 / sin(1 + y)))."""
+    g = torch.Generator().manual_seed(3)
+    for _ in range(10):
+        y, vec = torch.randn(2, generator=g), torch.randn(5, 2, generator=g)
+        ihvp = ihvp_at_x_cg(lambda x, y: torch.sin(x + y).sum(), torch.ones(1), y, argnums=1, max_iter=2)
+        assert_close(ihvp(vec), (torch.diag(-1 / (1 + y).sin()) @ vec.T).T, 1e-4)

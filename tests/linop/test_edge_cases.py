@@ -60,6 +60,16 @@ def test_explicit_solves_a_well_posed_ill_conditioned_float32_matrix():
     assert_close(x.double(), 1 / d.double(), 1e-5)
 
 
+def test_cg_through_negative_curvature_only_when_asked():
+    A = DiagonalOperator(torch.tensor([-1.0, 2.0], dtype=D64))
+    b = torch.tensor([1.0, 1.0], dtype=D64)
+    with pytest.warns(NegativeCurvatureWarning):
+        x, info = solve(A, b, "cg", return_info=True)
+    assert not bool(info.converged[0])
+    x, info = solve(A, b, "cg", indefinite=True, return_info=True)
+    assert_close(x, torch.tensor([-1.0, 0.5], dtype=D64)) and bool(info.converged[0])
+
+
 def test_cg_on_a_singular_psd_matrix_stops_finite_and_warns():
     A = DiagonalOperator(torch.tensor([1.0, 2.0, 0.0, 3.0], dtype=D64))
     with pytest.warns(NegativeCurvatureWarning):
