@@ -30,6 +30,7 @@ from torch import Tensor
 
 import linop
 from linop.hessian import MODES
+from linop._hvp import _traced as _traced_tensor
 from linop.hessian import hvp as _linop_hvp
 
 __all__ = [
@@ -61,6 +62,11 @@ def _operator(func: Callable, x: Tuple[Any, ...], argnums: int, mode: str) -> li
     return linop.HessianOperator(func, tuple(x), argnums, mode)
 
 
+def _at_each_x(at_x: Callable, func: Callable, **options: Any) -> Callable:
+    """dattri's ``f(x, v)`` form of an ``ihvp_at_x_*`` function: the Hessian at each call's ``x``."""
+    return lambda x, v: at_x(func, *x, **options)(v)
+
+
 def _tensors(tree: Any) -> list[Tensor]:
     if isinstance(tree, Tensor):
         return [tree]
@@ -73,7 +79,7 @@ def _tensors(tree: Any) -> list[Tensor]:
 
 def _traced(tree: Any) -> bool:
     """Whether any tensor in ``tree`` is wrapped by a torch.func transform (vmap, grad, ...)."""
-    return any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in _tensors(tree))
+    return any(_traced_tensor(t) for t in _tensors(tree))
 
 
 def _refuse_transforms(tree: Any, what: str) -> None:
@@ -191,10 +197,7 @@ def ihvp_explicit(func: Callable, argnums: int = 0, regularization: float = 0.0)
     """IHVP by materialising the Hessian at ``x`` and solving: ``f(x, v)``; ``v`` ``(d,)`` gives
     ``(d,)`` and ``(k, d)`` gives ``(k, d)``."""
 
-    def _ihvp(x: Tuple[Any, ...], v: Tensor) -> Tensor:
-        return ihvp_at_x_explicit(func, *x, argnums=argnums, regularization=regularization)(v)
-
-    return _ihvp
+    return _at_each_x(ihvp_at_x_explicit, func, argnums=argnums, regularization=regularization)
 
 
 def ihvp_at_x_explicit(
@@ -229,11 +232,8 @@ def ihvp_cg(
     ``(k, d)``. Every column stops when its residual norm is at most ``tol`` or after
     ``max_iter`` iterations (starting from ``x0 = v``, as dattri)."""
 
-    def _ihvp(x: Tuple[Any, ...], v: Tensor) -> Tensor:
-        return ihvp_at_x_cg(func, *x, argnums=argnums, max_iter=max_iter, tol=tol, mode=mode,
-                            regularization=regularization)(v)
-
-    return _ihvp
+    return _at_each_x(ihvp_at_x_cg, func, argnums=argnums, max_iter=max_iter, tol=tol, mode=mode,
+                      regularization=regularization)
 
 
 def ihvp_at_x_cg(
@@ -285,13 +285,8 @@ def ihvp_arnoldi(
     as dattri's default) and returns ``(1, d)`` or ``(k, d)``. ``tol`` is accepted for
     compatibility; breakdown is detected relative to the Hessian's scale."""
 
-    def _ihvp(x: Tuple[Any, ...], v: Tensor) -> Tensor:
-        return ihvp_at_x_arnoldi(
-            func, *x, argnums=argnums, max_iter=max_iter, tol=tol, mode=mode,
-            regularization=regularization,
-        )(v)
-
-    return _ihvp
+    return _at_each_x(ihvp_at_x_arnoldi, func, argnums=argnums, max_iter=max_iter, tol=tol, mode=mode,
+                      regularization=regularization)
 
 
 def ihvp_at_x_arnoldi(

@@ -62,13 +62,13 @@ class LissaStrategy(Strategy):
         k = B.shape[1]
         bar = tqdm(total=o["repeats"] * o["depth"], desc="LiSSA", disable=not o["progress"], leave=False)
         first = B.norm(dim=0)
-        # no minibatches to draw: no sampling method, or a one-batch HessianOperator (batches None)
-        deterministic = getattr(self.base, "sample", None) is None or getattr(self.base, "batches", False) is None
+        deterministic = True  # until a draw gives another operator than the base: minibatches
         for _ in range(o["repeats"]):
             h = B.clone()
             low = first.clone()  # the smallest increment so far, per column
             for step in range(1, o["depth"]):
                 op = self._draw(generator)
+                deterministic = deterministic and op is self.base
                 Ah = op._matmat(h) + lam * h if lam else op._matmat(h)
                 increment = B - Ah / s
                 h = h + increment

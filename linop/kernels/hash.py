@@ -68,7 +68,8 @@ def signs_from_bytes(packed: torch.Tensor, offset: int, width: int, dtype: torch
     each byte looked up as 8 signs, in ``dtype``."""
     k = packed.shape[0]
     table = _sign_table(packed.device)
-    signs = torch.nn.functional.embedding(packed.reshape(-1).to(torch.int32), table).reshape(k, -1)
+    index = packed.to(torch.int32).reshape(-1)  # one pass, even from a strided view of the cache
+    signs = torch.nn.functional.embedding(index, table).reshape(k, -1)
     return signs[:, offset : offset + width].to(dtype)
 
 

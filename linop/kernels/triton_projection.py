@@ -114,20 +114,25 @@ def project(X: torch.Tensor, seed: int, k: int, block_k: int = 128, block_n: int
     failed to build or to run, or disagreed with the reference (see :func:`usable`), and a
     :class:`~linop.errors.KernelFallbackWarning` said so once."""
     where = (str(X.device), X.dtype)
-    if not usable(*where) or where in _REFUSED:
+    if not usable(*where):
         return None
     try:
         return _launch(X, seed, k, block_k, block_n)
     except Exception as exc:  # noqa: BLE001 - a failure to build or run means: use the reference
-        _refuse(where, f"failed to run ({type(exc).__name__}: {str(exc)[:300]})")
+        _refuse(where, _failed(exc))
         return None
 
 
-_REFUSED: set[tuple[str, torch.dtype]] = set()
+#: Per (device, dtype): whether the kernel may be used, once :func:`usable` has judged it.
+_VERDICTS: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def _failed(exc: Exception) -> str:
+    return f"failed to run ({type(exc).__name__}: {str(exc)[:300]})"
 
 
 def _refuse(where: tuple[str, torch.dtype], problem: str) -> None:
-    _REFUSED.add(where)
+    _VERDICTS[where] = False
     warn(
         f"the Triton projection kernel {problem} on {where[0]} in {where[1]}; the pure-torch path "
         f"is used instead (slower, same numbers). Pass use_kernel=False to silence this, and "
@@ -136,16 +141,27 @@ def _refuse(where: tuple[str, torch.dtype], problem: str) -> None:
     )
 
 
-@functools.lru_cache(maxsize=None)
 def usable(device: str, dtype: torch.dtype) -> bool:
     """Once per device and dtype: the kernel, with the tiles that products use, must build and
     agree with the pure-torch reference on problems whose sizes are not multiples of the tiles
     (a small and a large batch, which take different tiles). Otherwise warn
     (:class:`~linop.errors.KernelFallbackWarning`) and return False, so the reference is used."""
+    where = (device, dtype)
+    if where not in _VERDICTS:
+        if triton is None or dtype not in _ONE:
+            _VERDICTS[where] = False
+        else:
+            problem = _self_test(device, dtype)
+            _VERDICTS[where] = problem is None
+            if problem is not None:
+                _refuse(where, problem)
+    return _VERDICTS[where]
+
+
+def _self_test(device: str, dtype: torch.dtype) -> str | None:
+    """What is wrong with the kernel on this device and dtype, or None."""
     from linop.kernels.hash import rademacher_block
 
-    if triton is None or dtype not in _ONE:
-        return False
     g = torch.Generator().manual_seed(0)
     n, k, seed = 1000, 150, 2  # seed 2's key is above 2³¹: the unsigned half is covered
     R = rademacher_block(seed, k, 0, n, dtype=torch.float32)
@@ -155,13 +171,11 @@ def usable(device: str, dtype: torch.dtype) -> bool:
         try:
             out = _launch(X.to(device), seed, k, 128, 64).cpu()
         except Exception as exc:  # noqa: BLE001 - any failure to build or run: use the reference
-            _refuse((device, dtype), f"failed to run ({type(exc).__name__}: {str(exc)[:300]})")
-            return False
+            return _failed(exc)
         err = float((out - ref).abs().max() / ref.abs().max())
         if not err <= 2e-2:
-            _refuse((device, dtype), f"disagrees with the reference (relative error {err:.2e})")
-            return False
-    return True
+            return f"disagrees with the reference (relative error {err:.2e})"
+    return None
 
 
 def _launch(X: torch.Tensor, seed: int, k: int, block_k: int, block_n: int) -> torch.Tensor:

@@ -249,7 +249,7 @@ def test_triton_kernel_logic_in_the_interpreter():
         "good = tp._launch\n"
         "for broken in [lambda X, seed, k, bk, bn: torch.zeros(X.shape[0], k),\n"
         "               lambda X, seed, k, bk, bn: 1 / 0]:\n"
-        "    tp.usable.cache_clear(); tp._REFUSED.clear(); tp._launch = broken\n"
+        "    tp._VERDICTS.clear(); tp._launch = broken\n"
         "    with warnings.catch_warnings(record=True) as w:\n"
         "        warnings.simplefilter('always')\n"
         "        assert tp.project(torch.randn(2, 100), 0, 8) is None\n"
