@@ -183,9 +183,10 @@ def test_arnoldi_matches_dattri_where_dattri_is_right(reference, name):
           f"dattri {_relative_error(theirs, exact):.1e}; ours vs dattri "
           f"{_relative_error(ours, theirs):.1e}; "
           f"eigenvalues {_relative_error(P.eigvals, values_ref):.1e}")
-    # dattri orthogonalises once in float32 and drifts by up to ~1e-2 here; ours is exact
+    # dattri orthogonalises once in float32 and drifts by 1e-2 to 3e-2 here (it depends on the
+    # BLAS's float32 rounding); ours is exact, so ours and dattri's differ by dattri's own error
     assert _relative_error(ours, exact) <= 1e-5
-    assert _relative_error(ours, theirs) <= 2e-2
+    assert _relative_error(ours, theirs) <= 1.05 * _relative_error(theirs, exact) + 1e-5
     assert _relative_error(P.eigvals, values_ref) <= 5e-3
 
 
@@ -205,7 +206,10 @@ def test_arnoldi_norm_constant_changes_nothing_where_dattri_is_wrong(reference):
     Z3_ref, values3_ref = reference["arnoldi", "logreg-c3"]
     P3 = _ours_arnoldi("logreg-c3")
     Z3 = P3.project(ARNOLDI_G)
-    assert _relative_error(Z3 @ Z3.T, Z1_ref @ Z1_ref.T) <= 2e-2
+    theirs = Z1_ref.double() @ Z1_ref.double().T
+    exact = _exact_inverse_products(ARNOLDI_CASES["logreg-full"][0], ARNOLDI_CASES["logreg-full"][4])
+    assert _relative_error(Z3 @ Z3.T, exact) <= 1e-5  # norm_constant changes nothing in ours
+    assert _relative_error(Z3 @ Z3.T, theirs) <= 1.05 * _relative_error(theirs, exact) + 1e-5
     assert _relative_error(P3.eigvals, values1_ref) <= 5e-3
     # dattri divides part of its iteration by c² and gets other eigenvalues and products
     assert not torch.allclose(values3_ref, values1_ref, rtol=1e-2)
