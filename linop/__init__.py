@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+# the base class first: it resolves the modules its algebra methods need (see linop.operator)
+from linop.operator import DEFAULT_DENSE_BUDGET_BYTES, LinearOperator, OperatorCache  # isort: skip
 from linop.algebra import (
     AdjointOperator,
     ProductOperator,
@@ -24,72 +26,97 @@ from linop.algebra import (
     ScaledOperator,
     SumOperator,
 )
+from linop.curvature import CurvatureOperator, DatasetMean, HessianOperator, hvp
+from linop.data import Batches, DataSource, LoaderData, ShardedData, TensorBatches, as_source
 from linop.errors import (
+    AttainableAccuracyWarning,
     ConvergenceWarning,
     DenseMemoryError,
+    DeviceMismatchError,
     DistributedError,
     DivergenceError,
-    KernelFallbackWarning,
-    NegativeCurvatureWarning,
-    SingularOperatorError,
-    DeviceMismatchError,
     DTypeMismatchError,
+    KernelFallbackWarning,
     LinopError,
+    NegativeCurvatureWarning,
     NonFiniteError,
     NonScalarLossError,
     ShapeMismatchError,
+    SingularOperatorError,
 )
 from linop.flat import FlatSpec
-from linop.data import TensorBatches
-from linop.hessian import HessianOperator
-from linop.inverse import METHODS, InverseOperator, SolveInfo, solve
 from linop.interop import ScipyOperator, aslinearoperator, to_scipy
+from linop.inverse import (
+    METHODS,
+    ArnoldiOptions,
+    CGOptions,
+    ExplicitOptions,
+    InverseOperator,
+    LissaOptions,
+    SolveInfo,
+    SolverOptions,
+    StopReason,
+    solve,
+)
 from linop.projection import ArnoldiProjection, ProjectionOperator, RandomProjection
-from linop.seeded_projection import SeededBlockProjection
-from linop.operator import DEFAULT_DENSE_BUDGET_BYTES, LinearOperator
 from linop.structured import DenseOperator, DiagonalOperator, IdentityOperator, LowRankOperator
 from linop.tags import Tags
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArnoldiProjection",
-    "ProjectionOperator",
-    "RandomProjection",
-    "SeededBlockProjection",
-    "ConvergenceWarning",
-    "DistributedError",
-    "KernelFallbackWarning",
-    "DivergenceError",
-    "InverseOperator",
-    "METHODS",
-    "NegativeCurvatureWarning",
-    "SingularOperatorError",
-    "SolveInfo",
-    "solve",
-    "AdjointOperator",
     "DEFAULT_DENSE_BUDGET_BYTES",
-    "DTypeMismatchError",
+    "METHODS",
+    "AdjointOperator",
+    "ArnoldiOptions",
+    "ArnoldiProjection",
+    "AttainableAccuracyWarning",
+    "Batches",
+    "CGOptions",
+    "ConvergenceWarning",
+    "CurvatureOperator",
+    "DataSource",
+    "DatasetMean",
     "DenseMemoryError",
     "DenseOperator",
     "DeviceMismatchError",
     "DiagonalOperator",
+    "DistributedError",
+    "DivergenceError",
+    "DTypeMismatchError",
+    "ExplicitOptions",
     "FlatSpec",
     "HessianOperator",
     "IdentityOperator",
+    "InverseOperator",
+    "KernelFallbackWarning",
     "LinearOperator",
     "LinopError",
+    "LissaOptions",
+    "LoaderData",
     "LowRankOperator",
+    "NegativeCurvatureWarning",
     "NonFiniteError",
     "NonScalarLossError",
+    "OperatorCache",
     "ProductOperator",
+    "ProjectionOperator",
+    "RandomProjection",
     "RegularizedOperator",
     "ScaledOperator",
     "ScipyOperator",
     "ShapeMismatchError",
+    "ShardedData",
+    "SingularOperatorError",
+    "SolveInfo",
+    "SolverOptions",
+    "StopReason",
     "SumOperator",
     "Tags",
     "TensorBatches",
     "aslinearoperator",
+    "as_source",
+    "hvp",
+    "solve",
     "to_scipy",
 ]

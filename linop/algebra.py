@@ -21,6 +21,7 @@ import torch
 
 from linop.errors import NonFiniteError, ShapeMismatchError
 from linop.operator import LinearOperator
+from linop.structured import IdentityOperator
 from linop.tags import Tags
 
 __all__ = [
@@ -29,13 +30,12 @@ __all__ = [
     "ProductOperator",
     "AdjointOperator",
     "RegularizedOperator",
+    "split_shift",
 ]
 
 
 def _shift_of(op: LinearOperator) -> float | None:
     """``λ`` if ``op`` is ``λ * I`` (an identity, maybe scaled), else None."""
-    from linop.structured import IdentityOperator
-
     if isinstance(op, IdentityOperator):
         return 1.0
     if isinstance(op, ScaledOperator) and isinstance(op.base, IdentityOperator):
@@ -53,12 +53,17 @@ def add(a: LinearOperator, b: LinearOperator) -> LinearOperator:
     return SumOperator([a, b])
 
 
+def split_shift(op: LinearOperator) -> tuple[LinearOperator, float]:
+    """``(A, λ)`` for ``op = A + λI`` (a :class:`RegularizedOperator`), else ``(op, 0.0)``."""
+    return (op.base, op.shift) if isinstance(op, RegularizedOperator) else (op, 0.0)
+
 
 def _finite(c: float, what: str) -> float:
     """``c`` as a float, or :class:`~linop.errors.NonFiniteError` if it is NaN or infinite."""
     if not math.isfinite(float(c)):
         raise NonFiniteError(f"the {what} is {float(c)}; an operator needs a finite one")
     return float(c)
+
 
 class SumOperator(LinearOperator):
     """``A₁ + A₂ + …``, flattened: nested sums become one.
@@ -209,13 +214,6 @@ class RegularizedOperator(LinearOperator):
 
     def _adjoint(self) -> LinearOperator:
         return self if self.tags.symmetric else RegularizedOperator(self.base.adjoint(), self.shift)
-
-    def eigh(self, k: int, **options: object) -> LinearOperator:
-        """The top-``k`` eigenpairs of ``base + λI``, from the base's Lanczos run (cached on the
-        base): a sweep over ``λ`` reuses one decomposition."""
-        from linop.inverse.arnoldi import eigh
-
-        return eigh(self.base, k, shift=self.shift, **options)[0]
 
     def _repr_args(self) -> str:
         return f"shift={self.shift:g}"

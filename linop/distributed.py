@@ -1,12 +1,12 @@
-"""Data-parallel Hessian-vector products over ``torch.distributed``.
+"""The ``torch.distributed`` collectives behind :class:`~linop.data.ShardedData`.
 
-A dataset :class:`~linop.HessianOperator` built with ``process_group=`` holds only this rank's
-shard of the data. Every product computes the local example-weighted sum of per-batch products and
-all-reduces it together with the example count, so every rank holds the global product
-``Σ_b n_b H_b V / Σ_b n_b`` over all shards. Solvers need no change: every rank runs the same
-solver on identical numbers (an all-reduce gives every rank the same result), so their decisions
-agree. LiSSA draws each rank's minibatch from a seed shared by all ranks plus the rank, and
-averages the minibatch products across ranks.
+A dataset operator built with ``process_group=`` holds only this rank's shard of the data; its
+source is a :class:`~linop.data.ShardedData`, which all-reduces every sum over the batches
+together with the example count, so every rank holds the global mean ``Σ_b n_b A_b V / Σ_b n_b``
+over all shards. Solvers need no change: every rank runs the same solver on identical numbers (an
+all-reduce gives every rank the same result), so their decisions agree. LiSSA draws each rank's
+minibatch from a seed shared by all ranks plus the rank, and averages the minibatch products
+across ranks.
 
 Every collective waits at most ``timeout`` seconds: a rank that died or hangs surfaces on the
 others as a :class:`~linop.errors.DistributedError`, never as a hang.
@@ -14,7 +14,7 @@ others as a :class:`~linop.errors.DistributedError`, never as a hang.
 Example (run with ``torchrun --nproc_per_node=2 script.py``)::
 
     import torch, torch.distributed as dist
-    from linop import HessianOperator, TensorBatches
+    from linop import HessianOperator, IdentityOperator
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     X_local, y_local = X[rank::world], y[rank::world]          # this rank's shard
@@ -23,16 +23,18 @@ Example (run with ``torchrun --nproc_per_node=2 script.py``)::
     x = (H + 1e-3 * IdentityOperator.like(H)).inverse("cg") @ g   # the same x on every rank
 """
 
+
 from __future__ import annotations
 
 import datetime
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from linop.errors import DistributedError
 
-__all__ = ["all_reduce_sum", "DEFAULT_TIMEOUT_SECONDS", "resolve_group"]
+__all__ = ["all_reduce_sum", "DEFAULT_TIMEOUT_SECONDS", "rank", "resolve_group", "world_size"]
 
 #: How long a collective may wait for the other ranks before it fails.
 DEFAULT_TIMEOUT_SECONDS = 300.0
@@ -41,8 +43,6 @@ DEFAULT_TIMEOUT_SECONDS = 300.0
 def resolve_group(group: Any) -> Any:
     """``"world"`` or ``True`` for the default group, else the group itself; checks that
     ``torch.distributed`` is initialised."""
-    import torch.distributed as dist
-
     if not dist.is_available() or not dist.is_initialized():
         raise DistributedError(
             "process_group was given but torch.distributed is not initialised; call "
@@ -57,8 +57,6 @@ def all_reduce_sum(tensor: torch.Tensor, group: Any, timeout: float) -> torch.Te
     Raises:
         DistributedError: if another rank failed, left or did not arrive in time.
     """
-    import torch.distributed as dist
-
     try:
         work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group, async_op=True)
         ok = work.wait(timeout=datetime.timedelta(seconds=timeout))
@@ -77,13 +75,9 @@ def all_reduce_sum(tensor: torch.Tensor, group: Any, timeout: float) -> torch.Te
 
 def world_size(group: Any) -> int:
     """The number of ranks in ``group``."""
-    import torch.distributed as dist
-
     return dist.get_world_size(group)
 
 
 def rank(group: Any) -> int:
     """This process's rank in ``group``."""
-    import torch.distributed as dist
-
     return dist.get_rank(group)

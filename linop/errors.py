@@ -20,6 +20,7 @@ __all__ = [
     "DivergenceError",
     "DistributedError",
     "ConvergenceWarning",
+    "AttainableAccuracyWarning",
     "NegativeCurvatureWarning",
     "KernelFallbackWarning",
 ]
@@ -68,6 +69,11 @@ class DistributedError(LinopError, RuntimeError):
 
 class ConvergenceWarning(UserWarning):
     """An iterative solver stopped before reaching its tolerance in some columns."""
+
+
+class AttainableAccuracyWarning(ConvergenceWarning):
+    """CG's recursive residual met the tolerance but its true residual did not: rounding in the
+    working dtype limits the accuracy (a tolerance below what the dtype can reach)."""
 
 
 class NegativeCurvatureWarning(UserWarning):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,7 +33,7 @@ from linop.tags import Tags
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse.linalg
 
-__all__ = ["LinearOperator", "DEFAULT_DENSE_BUDGET_BYTES"]
+__all__ = ["LinearOperator", "OperatorCache", "DEFAULT_DENSE_BUDGET_BYTES"]
 
 #: Default memory budget of :meth:`LinearOperator.to_dense`, in bytes (1 GiB).
 DEFAULT_DENSE_BUDGET_BYTES = 1 << 30
@@ -44,6 +45,39 @@ def _format_bytes(n: float) -> str:
             return f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"  # pragma: no cover
+
+
+class OperatorCache:
+    """Set-up results computed from one operator (Lanczos eigenpairs, sketches), kept by that
+    operator as :attr:`LinearOperator.cache` and reused by every solver that needs them.
+
+    Entries are keyed by what produced them (the method and its parameters); an entry describes
+    the operator's matrix, so copies that share the matrix (``with_tags``) share the cache.
+
+    Example:
+        >>> cache = OperatorCache()
+        >>> cache.get(("answer",), lambda: 42), cache.get(("answer",), lambda: 0)
+        (42, 42)
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The entry for ``key``, computed by ``compute()`` the first time."""
+        if key not in self._entries:
+            self._entries[key] = compute()
+        return self._entries[key]
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Drop every entry (after the operator's matrix changed, or to free memory)."""
+        self._entries.clear()
 
 
 class LinearOperator:
@@ -81,6 +115,8 @@ class LinearOperator:
         self.device: torch.device = torch.device(device)
         # symmetric, psd and nsd describe square matrices only (0 * A of a rectangular A is not)
         self.tags: Tags = tags if tags is not None and m == n else Tags()
+        #: set-up results computed from this operator (see :class:`OperatorCache`)
+        self.cache: OperatorCache = OperatorCache()
 
     # ------------------------------------------------------------------ the subclass contract
     def _matmat(self, X: torch.Tensor) -> torch.Tensor:
@@ -92,9 +128,7 @@ class LinearOperator:
         builds the adjoint by reverse-mode autodiff through ``_matmat``."""
         if self.tags.symmetric:
             return self
-        from linop.algebra import AdjointOperator
-
-        return AdjointOperator(self)
+        return _algebra.AdjointOperator(self)
 
     # ------------------------------------------------------------------ checks
     def _check_tensor(self, x: torch.Tensor, what: str = "vector") -> None:
@@ -159,9 +193,7 @@ class LinearOperator:
 
     def __matmul__(self, other: Any) -> Any:
         if isinstance(other, LinearOperator):
-            from linop.algebra import ProductOperator
-
-            return ProductOperator([self, other])
+            return _algebra.ProductOperator([self, other])
         if isinstance(other, torch.Tensor):
             if other.ndim == 1:
                 return self.matvec(other)
@@ -192,9 +224,7 @@ class LinearOperator:
         if other.shape != self.shape:
             raise ShapeMismatchError(f"cannot add {self!r} and {other!r}: shapes differ")
         self._check_compatible(other, "+")
-        from linop.algebra import add
-
-        return add(self, other)
+        return _algebra.add(self, other)
 
     def __sub__(self, other: Any) -> Any:
         if not isinstance(other, LinearOperator):
@@ -209,9 +239,7 @@ class LinearOperator:
             c = c.item()
         if not isinstance(c, numbers.Real) or isinstance(c, bool):
             return NotImplemented
-        from linop.algebra import ScaledOperator
-
-        return ScaledOperator(self, float(c))
+        return _algebra.ScaledOperator(self, float(c))
 
     __rmul__ = __mul__
 
@@ -226,29 +254,25 @@ class LinearOperator:
 
     def regularize(self, shift: float) -> LinearOperator:
         """``A + shift * I`` as a :class:`~linop.algebra.RegularizedOperator`."""
-        from linop.algebra import RegularizedOperator
+        return _algebra.RegularizedOperator(self, shift)
 
-        return RegularizedOperator(self, shift)
-
-    def inverse(self, method: str = "cg", **options: Any) -> LinearOperator:
+    def inverse(self, method: Any = "cg", **options: Any) -> LinearOperator:
         """The lazy inverse ``A⁻¹`` by ``method`` (``"explicit"``, ``"cg"``, ``"arnoldi"``,
-        ``"lissa"``); see :class:`~linop.inverse.InverseOperator` for the options.
+        ``"lissa"``, or a typed options object such as ``CGOptions(rtol=1e-6)``); see
+        :class:`~linop.inverse.InverseOperator` for the options. Unknown or invalid options
+        raise here, listing the valid ones.
 
         Set-up work runs once, on the first product, and is reused for every right-hand side.
         """
-        from linop.inverse import InverseOperator
-
-        return InverseOperator(self, method, **options)
+        return _inverse.InverseOperator(self, method, **options)
 
     def eigh(self, k: int, **options: Any) -> LinearOperator:
         """The top-``k`` eigenpairs of a symmetric operator as a
         :class:`~linop.structured.LowRankOperator` ``V diag(θ) Vᵀ`` (Lanczos with full
-        reorthogonalisation from a seeded start, cached on the operator). Options as
-        :func:`linop.inverse.arnoldi.eigh`: ``maxiter``, ``seed``, ``tol``, ``which``.
+        reorthogonalisation from a seeded start, kept in :attr:`cache`). Options as
+        :func:`linop.lanczos.eigh`: ``maxiter``, ``seed``, ``tol``, ``which``.
         """
-        from linop.inverse.arnoldi import eigh
-
-        return eigh(self, k, **options)[0]
+        return _lanczos.eigh(self, k, **options)[0]
 
     def with_tags(self, **tags: bool) -> LinearOperator:
         """A shallow copy of the operator with tags overridden, e.g. ``H.with_tags(psd=True)``.
@@ -305,9 +329,7 @@ class LinearOperator:
 
     def to_scipy(self) -> scipy.sparse.linalg.LinearOperator:
         """A ``scipy.sparse.linalg.LinearOperator`` view; see :func:`linop.interop.to_scipy`."""
-        from linop.interop import to_scipy
-
-        return to_scipy(self)
+        return _interop.to_scipy(self)
 
     # ------------------------------------------------------------------ display
     def _repr_args(self) -> str:
@@ -317,3 +339,12 @@ class LinearOperator:
         extra = self._repr_args()
         extra = f", {extra}" if extra else ""
         return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}{extra})"
+
+
+# The base class's operator-building methods (the algebra dunders, ``inverse``, ``eigh``,
+# ``to_scipy``) return subclasses defined in these modules, which import this one: the only import
+# cycles in linop, resolved here, once the class exists.
+from linop import algebra as _algebra  # noqa: E402
+from linop import interop as _interop  # noqa: E402
+from linop import inverse as _inverse  # noqa: E402
+from linop import lanczos as _lanczos  # noqa: E402

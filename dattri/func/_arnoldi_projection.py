@@ -207,3 +207,6 @@ def arnoldi_project(
         return projector.project(feature)
 
     return _arnoldi_project_func
+
+#: linop's warnings point past this module, at its caller (see linop._warn)
+__linop_wrapper__ = True

@@ -85,3 +85,6 @@ class AbstractProjector(ABC):
     @abstractmethod
     def free_memory(self) -> None:
         """Release memory held by the projector."""
+
+#: linop's warnings point past this module, at its caller (see linop._warn)
+__linop_wrapper__ = True

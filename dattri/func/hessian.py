@@ -29,9 +29,9 @@ import torch
 from torch import Tensor
 
 import linop
-from linop.hessian import MODES
-from linop._hvp import _traced as _traced_tensor
-from linop.hessian import hvp as _linop_hvp
+from linop._tensor import traced as _traced_tensor
+from linop.curvature import MODES
+from linop.curvature import hvp as _linop_hvp
 
 __all__ = [
     "IHVPUsageError",
@@ -91,46 +91,6 @@ def _refuse_transforms(tree: Any, what: str) -> None:
             f"work (vmap over vectors, grad with respect to v); for several inputs, call once "
             f"per input"
         )
-
-
-class _Linear(torch.autograd.Function):
-    """``solve(v)`` for a solve that is linear in ``v`` with a symmetric matrix, made to work with
-    autograd and torch.func: the gradient of ``solve(v)`` against ``g`` is ``solve(g)``, and under
-    ``vmap`` the batch of vectors is solved at once, as rows (the solvers stop each column on
-    its own, which vmap could not trace)."""
-
-    @staticmethod
-    def forward(v: Tensor, solve: Callable[[Tensor], Tensor], keeps_1d: bool) -> Tensor:
-        return solve(v)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        ctx.solve = inputs[1]
-
-    @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
-        return ctx.solve(g), None, None
-
-    @staticmethod
-    def vmap(info: Any, in_dims: tuple[Any, ...], v: Tensor, solve: Callable, keeps_1d: bool) -> tuple[Tensor, int]:
-        V = v.movedim(in_dims[0], 0)  # (batch, d) or (batch, k, d)
-        d = V.shape[-1]
-        out = solve(V.reshape(-1, d))  # every vector of the batch as one row
-        single = V.shape[1:] if keeps_1d or V.ndim == 3 else (1, d)  # what one call returns
-        return out.reshape(V.shape[0], *single), 0
-
-
-def _ihvp_closure(solve: Callable[[Tensor], Tensor], keeps_1d: bool = False) -> Callable[[Tensor], Tensor]:
-    """The per-vector closure of an IHVP, differentiable in ``v`` (autograd and
-    ``torch.func.grad``) and vmappable over ``v``. ``keeps_1d``: ``solve`` maps ``(d,)`` to
-    ``(d,)``; otherwise to ``(1, d)``, as dattri's iterative methods do."""
-
-    def _ihvp(v: Tensor) -> Tensor:
-        if _traced(v) or (torch.is_grad_enabled() and v.requires_grad):
-            return _Linear.apply(v, solve, keeps_1d)
-        return solve(v)
-
-    return _ihvp
 
 
 def _rows(v: Tensor) -> Tensor:
@@ -217,7 +177,7 @@ def ihvp_at_x_explicit(
         argnums = argnums[0]
     H = _operator(func, x, argnums, "rev-rev")
     inv = H.regularize(regularization).inverse("explicit")
-    return _ihvp_closure(lambda v: _apply_rows(inv, v), keeps_1d=True)
+    return lambda v: _apply_rows(inv, v)
 
 
 def ihvp_cg(
@@ -253,18 +213,23 @@ def ihvp_at_x_cg(
     _check_mode(mode)
     H = _operator(func, x, argnums, mode)
 
-    A = H.regularize(regularization)
+    # dattri starts from x0 = v and stops on the absolute residual norm ``tol``, and, as plain
+    # CG, goes on through negative curvature (Hessians away from a minimum)
+    inv = H.regularize(regularization).inverse(
+        "cg", x0=_same, maxiter=max_iter, rtol=0.0, atol=tol, indefinite=True
+    )
 
     def solve(v: Tensor) -> Tensor:
-        V = _rows(v)
-        # dattri starts from x0 = v and stops on the absolute residual norm ``tol``
-        # and, as plain CG, goes on through negative curvature (Hessians away from a minimum)
-        inv = A.inverse("cg", x0=V.mT, maxiter=max_iter, rtol=0.0, atol=tol, indefinite=True)
         with warnings.catch_warnings():  # dattri's default tol (1e-7) is below what float32
-            warnings.filterwarnings("ignore", "CG reached the tolerance in its recursive")  # reaches
-            return (inv @ V.mT).mT
+            warnings.simplefilter("ignore", linop.AttainableAccuracyWarning)  # reaches
+            return (inv @ _rows(v).mT).mT
 
-    return _ihvp_closure(solve)
+    return solve
+
+
+def _same(B: Tensor) -> Tensor:
+    """CG's initial guess in dattri: the right-hand side itself."""
+    return B
 
 
 def _arnoldi_inverse(H: linop.LinearOperator, max_iter: int, top_k: int, regularization: float) -> linop.LinearOperator:
@@ -311,7 +276,7 @@ def ihvp_at_x_arnoldi(
     _check_mode(mode)
     H = _operator(func, x, argnums, mode)
     inv = _arnoldi_inverse(H, max_iter, top_k, regularization)
-    return _ihvp_closure(lambda v: (inv @ _rows(v).mT).mT)
+    return lambda v: (inv @ _rows(v).mT).mT
 
 
 def _lissa(
@@ -351,7 +316,7 @@ def _lissa(
         batch_size=batch_size if sizes else None, scale=scaling,
         seed=int(torch.randint(2**31 - 1, (1,))),
     )
-    return _ihvp_closure(lambda u: (inv @ _rows(u).mT).mT)(v)
+    return (inv @ _rows(v).mT).mT
 
 
 def ihvp_lissa(
@@ -404,3 +369,6 @@ def ihvp_at_x_lissa(
                       damping, scaling, collate_fn, mode)
 
     return _ihvp
+
+#: linop's warnings point past this module, at its caller (see linop._warn)
+__linop_wrapper__ = True

@@ -3,7 +3,8 @@
 The functions and projector classes keep dattri 0.2.0's signatures; every matrix and every
 eigen-decomposition comes from :mod:`linop`:
 
-- CPU random projections are :class:`linop.SeededBlockProjection`, which reproduces dattri's
+- CPU random projections are :class:`~dattri.func._seeded_projection.SeededBlockProjection`, a
+  linop operator kept in this package (it exists only to reproduce dattri's numbers): dattri's
   ``BasicProjector`` matrix number for number (same seeds, same torch generator draws), but
   computes in float32 even when ``use_half_precision=True`` (the result is then returned in
   float16, as in dattri): dattri's float16 CPU matmul is slow and less accurate.
@@ -35,10 +36,10 @@ from torch import Tensor
 from linop import (
     ProjectionOperator,
     RandomProjection,
-    SeededBlockProjection,
 )
 
 from ._arnoldi_projection import ArnoldiProjector, arnoldi_project
+from ._seeded_projection import SeededBlockProjection
 from ._projector_base import AbstractProjector, ProjectionType, _as_rows, _linop_kind
 from .utils import _vectorize, get_parameter_chunk_sizes  # noqa: F401 - re-exported as dattri
 
@@ -64,7 +65,7 @@ _CUDA_ENSEMBLE_STRIDE = 10_000
 
 
 class BasicProjector(AbstractProjector):
-    """dattri's block-wise seeded projector, on :class:`linop.SeededBlockProjection`.
+    """dattri's block-wise seeded projector, on :class:`~dattri.func._seeded_projection.SeededBlockProjection`.
 
     The matrix is dattri 0.2.0's: output rows in blocks of ``min(proj_dim, block_size)``, block
     ``i`` drawn in ``dtype`` from a generator seeded ``seed + 1000 i + 100000 ensemble_id``,
@@ -388,7 +389,7 @@ def random_project(
     """Randomly project features to ``proj_dim`` dimensions.
 
     On the CPU the matrix is dattri 0.2.0's (unscaled N(0, 1) entries from
-    :class:`linop.SeededBlockProjection`), so the numbers equal dattri's for the same seed up to
+    :class:`~dattri.func._seeded_projection.SeededBlockProjection`), so the numbers equal dattri's for the same seed up to
     rounding: the product is computed in float32 and, with ``use_half_precision``, returned in
     float16. On CUDA the matrix is linop's seeded ±1 Rademacher projection
     (``ProjectionOperator.random(..., kind="rademacher")``, Triton kernel when available), which
@@ -439,3 +440,6 @@ def random_project(
         return projector.project(feature, ensemble_id)
 
     return _random_project_func
+
+#: linop's warnings point past this module, at its caller (see linop._warn)
+__linop_wrapper__ = True

@@ -297,3 +297,6 @@ def partial_param(
         return wrapped
 
     return decorator
+
+#: linop's warnings point past this module, at its caller (see linop._warn)
+__linop_wrapper__ = True

@@ -13,88 +13,125 @@ is read on the host (one sync) and the products shrink to the still-active colum
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from linop._warn import warn
-
-from linop.errors import ConvergenceWarning, NegativeCurvatureWarning, ShapeMismatchError
-from linop.inverse import SolveInfo, Strategy, register
+from linop.errors import (
+    AttainableAccuracyWarning,
+    ConvergenceWarning,
+    NegativeCurvatureWarning,
+    ShapeMismatchError,
+)
+from linop.inverse.base import (
+    SolveInfo,
+    SolverOptions,
+    StopReason,
+    Strategy,
+    non_negative,
+    positive_int,
+    register,
+)
+from linop.inverse.preconditioners import PRECONDITIONERS, as_preconditioner
 from linop.operator import LinearOperator
 
-Preconditioner = Callable[[torch.Tensor], torch.Tensor]
+__all__ = ["CGOptions", "CGStrategy"]
 
 
-def _as_preconditioner(M: Any, A: LinearOperator, options: dict[str, Any]) -> tuple[Preconditioner | None, int]:
-    """The preconditioner as a function on ``(n, k)`` tensors, and the products it cost."""
-    if M is None:
-        return None, 0
-    if isinstance(M, str):
-        if M != "arnoldi":
-            raise ValueError(f"unknown preconditioner {M!r}; use 'arnoldi', an operator or a callable")
-        from linop.inverse.arnoldi import deflation_preconditioner
+@dataclass(frozen=True)
+class CGOptions(SolverOptions):
+    """Options of ``method="cg"``.
 
-        return deflation_preconditioner(A, options)
-    if isinstance(M, LinearOperator):
-        if M.shape != A.shape:
-            raise ShapeMismatchError(f"the preconditioner {M!r} does not match {A!r}")
-        A._check_compatible(M, "with the preconditioner")
-        return M._matmat, 0
-    if callable(M):
-        return M, 0
-    raise TypeError(f"preconditioner must be None, 'arnoldi', a LinearOperator or a callable, got {M!r}")
+    Attributes:
+        rtol: relative tolerance: a column stops at ``‖b − Ax‖ ≤ max(rtol‖b‖, atol)``.
+        atol: absolute tolerance.
+        maxiter: iterations per column (default ``10 n``); 0 returns the initial guess.
+        x0: initial guess, ``(n,)`` or ``(n, k)`` (default zeros), or a function of the
+            right-hand sides ``B`` ``(n, k)`` returning one (``lambda B: B`` starts from ``b``).
+        preconditioner: ``M ≈ A⁻¹``: a symmetric positive definite operator of ``A``'s shape,
+            dtype and device, a callable on ``(n, k)`` tensors, or ``"arnoldi"`` (deflation by
+            the top ``rank`` eigenpairs, see
+            :func:`~linop.inverse.preconditioners.deflation_preconditioner`).
+        rank: eigenpairs of a named preconditioner.
+        arnoldi_maxiter: Lanczos steps of a named preconditioner (default as ``eigh``).
+        seed: seed of a named preconditioner's Lanczos start.
+        check_every: iterations between host checks of convergence (default 1 on CPU, 10 on
+            GPUs).
+        progress: show a progress bar.
+        indefinite: False: stop a column at non-positive curvature, the documented behaviour;
+            True: go on through negative curvature, as plain CG does on a symmetric indefinite
+            matrix, stopping only at zero curvature (the iterates are then the Galerkin solutions
+            of the Krylov spaces, with no guarantee of convergence).
+    """
+
+    method = "cg"
+    rtol: float = 1e-5
+    atol: float = 0.0
+    maxiter: int | None = None
+    x0: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None
+    preconditioner: Any = None
+    rank: int = 20
+    arnoldi_maxiter: int | None = None
+    seed: int = 0
+    check_every: int | None = None
+    progress: bool = False
+    indefinite: bool = False
+
+    def validate(self) -> None:
+        non_negative("rtol", self.rtol)
+        non_negative("atol", self.atol)
+        if self.maxiter is not None and not (isinstance(self.maxiter, int) and self.maxiter >= 0):
+            raise ValueError(f"maxiter must be a non-negative integer or None, got {self.maxiter!r}")
+        positive_int("rank", self.rank, allow_none=False)
+        positive_int("arnoldi_maxiter", self.arnoldi_maxiter)
+        positive_int("check_every", self.check_every)
+        if not (self.x0 is None or isinstance(self.x0, torch.Tensor) or callable(self.x0)):
+            raise TypeError(f"x0 must be a torch.Tensor, a callable or None, got {type(self.x0).__name__}")
+        M = self.preconditioner
+        if isinstance(M, str) and M not in PRECONDITIONERS:
+            raise ValueError(
+                f"unknown preconditioner {M!r}; use {', '.join(map(repr, PRECONDITIONERS))}, an "
+                f"operator or a callable"
+            )
+        if not (M is None or isinstance(M, (str, LinearOperator)) or callable(M)):
+            raise TypeError(
+                f"preconditioner must be None, a name ({', '.join(map(repr, PRECONDITIONERS))}), a "
+                f"LinearOperator or a callable, got {M!r}"
+            )
 
 
 @register
 class CGStrategy(Strategy):
-    """Options: ``rtol`` (1e-5), ``atol`` (0), ``maxiter`` (default ``10 n``), ``x0`` (initial
-    guess, ``(n,)`` or ``(n, k)``), ``preconditioner`` (an operator or callable approximating
-    ``A⁻¹``, or ``"arnoldi"`` for deflation by the top ``rank`` eigenpairs — ``rank``,
-    ``arnoldi_maxiter`` and ``seed`` pass to :meth:`~linop.LinearOperator.eigh`),
-    ``check_every`` (iterations between host checks of convergence; default 1 on CPU, 10 on
-    GPUs), ``progress`` (a progress bar), ``indefinite`` (False: stop a column at non-positive
-    curvature, the documented behaviour; True: go on through negative curvature, as plain CG
-    does on a symmetric indefinite matrix, stopping only at zero curvature — the iterates are
-    then the Galerkin solutions of the Krylov spaces, with no guarantee of convergence)."""
+    """Batched, preconditioned conjugate gradient; options: :class:`CGOptions`."""
 
     name = "cg"
-    defaults = {
-        "rtol": 1e-5,
-        "atol": 0.0,
-        "maxiter": None,
-        "x0": None,
-        "preconditioner": None,
-        "rank": 20,
-        "arnoldi_maxiter": None,
-        "seed": 0,
-        "check_every": None,
-        "progress": False,
-        "indefinite": False,
-    }
+    Options = CGOptions
+    options: CGOptions
 
     def _setup(self) -> int:
         o = self.options
-        if o["rtol"] < 0 or o["atol"] < 0:
-            raise ValueError(f"rtol and atol must be non-negative, got {o['rtol']}, {o['atol']}")
-        self.M, hvps = _as_preconditioner(o["preconditioner"], self.operator, o)
+        self.M, hvps = as_preconditioner(o.preconditioner, self.operator, o.rank, o.arnoldi_maxiter, o.seed)
         return hvps
 
     def solve(self, B: torch.Tensor) -> tuple[torch.Tensor, SolveInfo]:
         A, o = self.operator, self.options
         n, k = B.shape
-        maxiter = o["maxiter"] if o["maxiter"] is not None else 10 * n
-        every = o["check_every"] or (1 if B.device.type == "cpu" else 10)
+        maxiter = o.maxiter if o.maxiter is not None else 10 * n
+        every = o.check_every or (1 if B.device.type == "cpu" else 10)
+        M = self.M._matmat if self.M is not None else None
         hvps = 0
         X = self._initial(B)
-        if o["x0"] is not None:
+        if o.x0 is not None:
             R = B - A._matmat(X)
             hvps += k
         else:
             R = B.clone()
         bnorm = B.norm(dim=0)
-        threshold = torch.clamp(o["rtol"] * bnorm, min=o["atol"])
-        Z = self.M(R) if self.M else R
+        threshold = torch.clamp(o.rtol * bnorm, min=o.atol)
+        Z = M(R) if M else R
         P = Z.clone()
         rz = (R * Z).sum(0)
         live = R.norm(dim=0) > threshold  # device mask of columns still iterating
@@ -106,10 +143,7 @@ class CGStrategy(Strategy):
         eps = torch.finfo(B.dtype).eps ** 1.5
         iters = torch.zeros(k, dtype=torch.long, device=B.device)
         active = torch.nonzero(live).flatten().tolist()
-
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=maxiter, desc="CG", disable=not o["progress"], leave=False)
+        bar = tqdm(total=maxiter, desc="CG", disable=not o.progress, leave=False)
         it = 0
         while active and it < maxiter:
             idx = torch.tensor(active, device=B.device)
@@ -122,7 +156,7 @@ class CGStrategy(Strategy):
                 rq = torch.nan_to_num(pAp / pp.clamp_min(torch.finfo(pp.dtype).tiny)).abs()
                 top[idx] = torch.maximum(top[idx], rq)
                 on = live[idx]
-                curv = pAp.abs() if o["indefinite"] else pAp
+                curv = pAp.abs() if o.indefinite else pAp
                 bad = on & ~(curv > eps * top[idx] * pp)  # non-positive (or non-finite) curvature
                 curvature[idx] |= bad
                 on = on & ~bad
@@ -134,7 +168,7 @@ class CGStrategy(Strategy):
                 done = R_a.norm(dim=0) <= threshold[idx]
                 on = on & ~done
                 live[idx] = on
-                Z_a = self.M(R_a) if self.M else R_a
+                Z_a = M(R_a) if M else R_a
                 rz_new = (R_a * Z_a).sum(0)
                 beta = torch.where(on, rz_new / torch.where(on, rz[idx], 1), 0)
                 P[:, idx] = Z_a + beta * P_a
@@ -148,9 +182,11 @@ class CGStrategy(Strategy):
         return X, self._info(R, recursive, bnorm, threshold, iters, curvature, hvps + k)
 
     def _initial(self, B: torch.Tensor) -> torch.Tensor:
-        x0 = self.options["x0"]
+        x0 = self.options.x0
         if x0 is None:
             return torch.zeros_like(B)
+        if callable(x0):
+            x0 = x0(B)
         self.operator._check_tensor(x0, "x0")
         X = x0.unsqueeze(1) if x0.ndim == 1 else x0
         if X.shape[0] != B.shape[0] or X.shape[1] not in (1, B.shape[1]):
@@ -162,43 +198,35 @@ class CGStrategy(Strategy):
         converged = (rnorm <= threshold) & ~curvature
         drifted = (recursive <= threshold) & ~converged & ~curvature
         residuals = rnorm / torch.where(bnorm > 0, bnorm, 1)
-        reasons = []
-        for conv, curv, drift in zip(converged.tolist(), curvature.tolist(), drifted.tolist()):
-            if curv and self.options["indefinite"]:
-                reasons.append("zero curvature pᵀAp = 0 (to working precision): the operator is "
-                               "singular along p")
-            elif curv:
-                reasons.append("non-positive curvature pᵀAp ≤ 0 (to working precision): the operator "
-                               "is not positive definite")
-            elif conv:
-                reasons.append("converged")
-            elif drift:
-                reasons.append(f"attainable accuracy reached: the recursive residual met the "
-                               f"tolerance but the true one did not ({R.dtype} rounding)")
-            else:
-                reasons.append("maxiter reached")
-        n_curv, n_slow = int(curvature.sum()), sum(r == "maxiter reached" for r in reasons)
-        n_drift = int(drifted.sum())
+        curved = StopReason.ZERO_CURVATURE if self.options.indefinite else StopReason.NEGATIVE_CURVATURE
+        reasons = [
+            curved if curv else StopReason.CONVERGED if conv else
+            StopReason.ATTAINABLE_ACCURACY if drift else StopReason.MAXITER
+            for conv, curv, drift in zip(converged.tolist(), curvature.tolist(), drifted.tolist())
+        ]
+        k, n_curv, n_drift = len(reasons), int(curvature.sum()), int(drifted.sum())
+        n_slow = reasons.count(StopReason.MAXITER)
         if n_drift:
             warn(
                 f"CG reached the tolerance in its recursive residual but not in the true residual "
-                f"‖b − Ax‖ in {n_drift} of {len(reasons)} column(s) (max relative residual "
+                f"‖b − Ax‖ in {n_drift} of {k} column(s) (max relative residual "
                 f"{float(residuals[drifted].max()):.2e}): rounding in {R.dtype} limits the "
                 f"accuracy. Use float64, a looser rtol, or a shift",
-                ConvergenceWarning,
+                AttainableAccuracyWarning,
             )
         if n_curv:
+            what = "zero" if self.options.indefinite else "non-positive"
             warn(
-                f"CG met non-positive curvature in {n_curv} of {len(reasons)} column(s) and "
-                f"stopped them at their last iterate; the operator is not positive definite. "
-                f"Add a shift (A + lam * I) with lam > 0, or use method='explicit'",
+                f"CG met {what} curvature in {n_curv} of {k} column(s) and stopped them at their "
+                f"last iterate; the operator is not positive definite. Add a shift "
+                f"(A + lam * I) with lam > 0, or use method='explicit'",
                 NegativeCurvatureWarning,
             )
         if n_slow:
             warn(
-                f"CG did not reach the tolerance in {n_slow} of {len(reasons)} column(s) within "
-                f"maxiter; max relative residual {float(residuals.max()):.2e}. Raise maxiter, "
-                f"add a shift, or use preconditioner='arnoldi'",
+                f"CG did not reach the tolerance in {n_slow} of {k} column(s) within maxiter; max "
+                f"relative residual {float(residuals.max()):.2e}. Raise maxiter, add a shift, or "
+                f"use preconditioner='arnoldi'",
                 ConvergenceWarning,
             )
         return SolveInfo(

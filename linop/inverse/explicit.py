@@ -8,14 +8,16 @@ singular matrix raises :class:`~linop.errors.SingularOperatorError` suggesting a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import torch
 
 from linop._warn import warn
-
 from linop.errors import NegativeCurvatureWarning, SingularOperatorError
-from linop.inverse import SolveInfo, Strategy, register
+from linop.inverse.base import SolveInfo, SolverOptions, StopReason, Strategy, non_negative, positive_int, register
 from linop.operator import DEFAULT_DENSE_BUDGET_BYTES
+
+__all__ = ["ExplicitOptions", "ExplicitStrategy"]
 
 
 def _singular(M: torch.Tensor, kind: str) -> SingularOperatorError:
@@ -26,18 +28,38 @@ def _singular(M: torch.Tensor, kind: str) -> SingularOperatorError:
     )
 
 
+@dataclass(frozen=True)
+class ExplicitOptions(SolverOptions):
+    """Options of ``method="explicit"``.
+
+    Attributes:
+        max_bytes: the memory budget of ``to_dense``.
+        force: skip the memory guard.
+        chunk_size: identity columns per batched product while materialising (default: all).
+    """
+
+    method = "explicit"
+    max_bytes: int = DEFAULT_DENSE_BUDGET_BYTES
+    force: bool = False
+    chunk_size: int | None = None
+
+    def validate(self) -> None:
+        non_negative("max_bytes", self.max_bytes)
+        positive_int("chunk_size", self.chunk_size)
+
+
 @register
 class ExplicitStrategy(Strategy):
-    """Options: ``max_bytes`` (the memory budget of ``to_dense``), ``force`` (skip the guard),
-    ``chunk_size`` (identity columns per batched product while materialising)."""
+    """Materialise, factorise once, solve by substitution; options: :class:`ExplicitOptions`."""
 
     name = "explicit"
-    defaults = {"max_bytes": DEFAULT_DENSE_BUDGET_BYTES, "force": False, "chunk_size": None}
+    Options = ExplicitOptions
+    options: ExplicitOptions
 
     def _setup(self) -> int:
         A = self.operator
         o = self.options
-        M = A.to_dense(force=o["force"], max_bytes=o["max_bytes"], chunk_size=o["chunk_size"])
+        M = A.to_dense(force=o.force, max_bytes=o.max_bytes, chunk_size=o.chunk_size)
         if M.dtype in (torch.float16, torch.bfloat16):  # factorisations need float32 or float64
             M = M.float()
         # singular means singular at the operator's own precision, whatever the factor's dtype
@@ -90,6 +112,7 @@ class ExplicitStrategy(Strategy):
             iterations=torch.zeros(k, dtype=torch.long),
             residuals=residuals.cpu(),
             converged=torch.ones(k, dtype=torch.bool),
-            reasons=[f"direct solve ({self.kind})"] * k,
+            reasons=[StopReason.DIRECT] * k,
+            extra={"factorization": self.kind},
         )
         return X.to(B.dtype), info

@@ -17,62 +17,93 @@ which may exceed the first, so only the growth factor applies.
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
+import torch
+from tqdm.auto import tqdm
+
+from linop.algebra import split_shift
+from linop.curvature.dataset import DatasetMean
 from linop.errors import DivergenceError
-from linop.inverse import SolveInfo, Strategy, register
-from linop.inverse.arnoldi import _split_shift
+from linop.inverse.base import SolveInfo, SolverOptions, StopReason, Strategy, positive_int, register
+from linop.operator import LinearOperator
+
+__all__ = ["LissaOptions", "LissaStrategy"]
+
+
+@dataclass(frozen=True)
+class LissaOptions(SolverOptions):
+    """Options of ``method="lissa"``.
+
+    Attributes:
+        depth: recursion steps.
+        repeats: independent runs averaged.
+        batch_size: examples per minibatch (None: the data's own batches).
+        scale: ``s``; must exceed the largest eigenvalue of ``H + λI``.
+        seed: seed of the minibatch draws.
+        check_every: steps between divergence checks (default 1 on CPU, 10 on GPUs).
+        divergence_factor: growth of the increments (over the first) that counts as divergence.
+        progress: show a progress bar.
+    """
+
+    method = "lissa"
+    depth: int = 100
+    repeats: int = 1
+    batch_size: int | None = None
+    scale: float = 10.0
+    seed: int = 0
+    check_every: int | None = None
+    divergence_factor: float = 1e4
+    progress: bool = False
+
+    def validate(self) -> None:
+        positive_int("depth", self.depth, allow_none=False)
+        positive_int("repeats", self.repeats, allow_none=False)
+        positive_int("batch_size", self.batch_size)
+        positive_int("check_every", self.check_every)
+        if not (isinstance(self.scale, (int, float)) and self.scale > 0):
+            raise ValueError(f"scale must be positive, got {self.scale!r}")
+        if not (isinstance(self.divergence_factor, (int, float)) and self.divergence_factor > 1):
+            raise ValueError(f"divergence_factor must exceed 1, got {self.divergence_factor!r}")
 
 
 @register
 class LissaStrategy(Strategy):
-    """Options: ``depth`` (recursion steps, 100), ``repeats`` (independent runs averaged, 1),
-    ``batch_size`` (examples per minibatch; None: the data's own batches), ``scale`` (``s``,
-    must exceed the largest eigenvalue of ``H + λI``; 10.0), ``seed`` (0), ``check_every``
-    (steps between divergence checks; default 1 on CPU, 10 on GPUs), ``divergence_factor``
-    (1e4), ``progress``."""
+    """The stochastic Neumann series; options: :class:`LissaOptions`."""
 
     name = "lissa"
-    defaults = {"depth": 100, "repeats": 1, "batch_size": None, "scale": 10.0, "seed": 0,
-                "check_every": None, "divergence_factor": 1e4, "progress": False}
+    Options = LissaOptions
+    options: LissaOptions
 
     def _setup(self) -> int:
-        o = self.options
-        if o["scale"] <= 0:
-            raise ValueError(f"scale must be positive, got {o['scale']}")
-        if o["depth"] < 1 or o["repeats"] < 1:
-            raise ValueError(f"depth and repeats must be at least 1, got {o['depth']}, {o['repeats']}")
-        self.base, self.shift = _split_shift(self.operator)
+        self.base, self.shift = split_shift(self.operator)
         return 0
 
-    def _draw(self, generator: torch.Generator):  # noqa: ANN202
-        sample = getattr(self.base, "sample", None)
-        if sample is None:
-            return self.base
-        return sample(generator, self.options["batch_size"])
+    def _draw(self, generator: torch.Generator) -> LinearOperator:
+        """The operator at a random minibatch (a dataset mean's hook), or the operator itself."""
+        if isinstance(self.base, DatasetMean):
+            return self.base.minibatch(generator, self.options.batch_size)
+        return self.base
 
     def solve(self, B: torch.Tensor) -> tuple[torch.Tensor, SolveInfo]:
-        from tqdm.auto import tqdm
-
         o = self.options
-        s, lam = float(o["scale"]), self.shift
-        every = o["check_every"] or (1 if B.device.type == "cpu" else 10)
-        generator = torch.Generator().manual_seed(o["seed"])
+        s, lam = float(o.scale), self.shift
+        every = o.check_every or (1 if B.device.type == "cpu" else 10)
+        generator = torch.Generator().manual_seed(o.seed)
         total = torch.zeros_like(B)
         k = B.shape[1]
-        bar = tqdm(total=o["repeats"] * o["depth"], desc="LiSSA", disable=not o["progress"], leave=False)
+        bar = tqdm(total=o.repeats * o.depth, desc="LiSSA", disable=not o.progress, leave=False)
         first = B.norm(dim=0)
-        deterministic = True  # until a draw gives another operator than the base: minibatches
-        for _ in range(o["repeats"]):
+        deterministic = not isinstance(self.base, DatasetMean)  # no minibatches to draw
+        for _ in range(o.repeats):
             h = B.clone()
             low = first.clone()  # the smallest increment so far, per column
-            for step in range(1, o["depth"]):
+            for step in range(1, o.depth):
                 op = self._draw(generator)
-                deterministic = deterministic and op is self.base
                 Ah = op._matmat(h) + lam * h if lam else op._matmat(h)
                 increment = B - Ah / s
                 h = h + increment
-                if step % every == 0 or step == o["depth"] - 1:
+                if step % every == 0 or step == o.depth - 1:
                     last = increment.norm(dim=0)
                     self._check(last, first, (low, h.norm(dim=0)) if deterministic else None, step)
                     low = torch.minimum(low, last)
@@ -80,27 +111,20 @@ class LissaStrategy(Strategy):
             bar.update(1)
             total += h
         bar.close()
-        X = total / (o["repeats"] * s)
-        info = SolveInfo(
-            method=self.name,
-            iterations=torch.full((k,), o["depth"] * o["repeats"], dtype=torch.long),
-            residuals=torch.full((k,), float("nan")),
-            converged=torch.ones(k, dtype=torch.bool),
-            reasons=["fixed depth reached (stochastic; residual not computed)"] * k,
-            hvps=(o["depth"] - 1) * o["repeats"] * k,
-        )
-        return X, info
+        X = total / (o.repeats * s)
+        hvps = (o.depth - 1) * o.repeats * k
+        return X, SolveInfo.unchecked(self.name, k, o.depth * o.repeats, StopReason.FIXED_DEPTH, hvps)
 
     def _check(
         self, inc: torch.Tensor, first: torch.Tensor, low_h: tuple[torch.Tensor, torch.Tensor] | None, step: int
     ) -> None:
-        factor = self.options["divergence_factor"]
+        factor = self.options.divergence_factor
         bad = ~torch.isfinite(inc) | (inc > factor * first.clamp_min(torch.finfo(inc.dtype).tiny))
         if bool(bad.any()):
             raise DivergenceError(
                 f"LiSSA diverged at step {step}: the increment norm grew to "
                 f"{float(inc.max()):.3g} from {float(first.max()):.3g}. The scale "
-                f"{self.options['scale']:g} must exceed the largest eigenvalue of H + λI "
+                f"{self.options.scale:g} must exceed the largest eigenvalue of H + λI "
                 f"(estimate it with A.eigh(1)); increase scale"
             )
         if low_h is None:
@@ -114,5 +138,5 @@ class LissaStrategy(Strategy):
                 f"LiSSA diverged at step {step}: the increments grew from {float(low[grew].min()):.3g} "
                 f"to {float(inc[grew].max()):.3g}, which a convergent series never does. Either H + λI "
                 f"is not positive definite (add a shift λ > 0; check A.eigh(1, which='LA')) or the "
-                f"scale {self.options['scale']:g} is below its largest eigenvalue; increase scale"
+                f"scale {self.options.scale:g} is below its largest eigenvalue; increase scale"
             )

@@ -8,7 +8,7 @@ from torch.func import grad, vmap
 from dattri.func.hessian import IHVPUsageError, hvp_at_x, ihvp_at_x_cg, ihvp_at_x_explicit, ihvp_explicit, ihvp_lissa
 from dattri.func.projection import BasicProjector, arnoldi_project
 from linop import SingularOperatorError
-from tests.contract import assert_close
+from linop.testing import assert_close
 from tests.dattri._reference import run_reference
 
 D64 = torch.float64

@@ -1,4 +1,4 @@
-"""Tests of dattri.func.projection (linop-backed) and linop.SeededBlockProjection.
+"""Tests of dattri.func.projection (linop-backed) and its SeededBlockProjection.
 
 Closed-form tests need nothing else; differential tests compare with dattri 0.2.0, whose outputs
 for every case are computed in one child process (the ``reference`` fixture).
@@ -22,8 +22,9 @@ from dattri.func.projection import (
     make_random_projector,
     random_project,
 )
-from linop import NegativeCurvatureWarning, ProjectionOperator, SeededBlockProjection
-from tests.contract import check_operator
+from dattri.func._seeded_projection import SeededBlockProjection
+from linop import NegativeCurvatureWarning, ProjectionOperator
+from linop.testing import check_operator
 from tests.dattri._reference import run_reference
 
 # ---------------------------------------------------------------------------------------- cases

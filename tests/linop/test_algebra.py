@@ -16,7 +16,7 @@ from linop import (
     SumOperator,
 )
 from linop.tags import Tags
-from tests.contract import assert_close, check_operator
+from linop.testing import assert_close, check_operator
 
 D64 = torch.float64
 

@@ -6,7 +6,7 @@ import torch
 from torch.func import hessian
 
 from linop import DeviceMismatchError, HessianOperator, IdentityOperator
-from tests.contract import assert_close
+from linop.testing import assert_close
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device)")
 D64 = torch.float64

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch.func import hessian
 
 import linop
-from tests.contract import assert_close
+from linop.testing import assert_close
 
 WORKER = Path(__file__).with_name("_dist_worker.py")
 sys.path.insert(0, str(WORKER.parent))

@@ -20,8 +20,8 @@ from linop import (
     Tags,
     solve,
 )
-from linop.hessian import hvp
-from tests.contract import assert_close
+from linop import hvp
+from linop.testing import assert_close
 
 D64 = torch.float64
 

@@ -5,7 +5,7 @@ import scipy.sparse.linalg as spla
 import torch
 
 from linop import DenseOperator, ScipyOperator, aslinearoperator, to_scipy
-from tests.contract import check_operator
+from linop.testing import check_operator
 
 D64 = torch.float64
 

@@ -13,7 +13,7 @@ from linop import (
     ShapeMismatchError,
 )
 from linop.algebra import AdjointOperator
-from tests.contract import check_operator
+from linop.testing import check_operator
 
 D64 = torch.float64
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from linop import DenseOperator, DiagonalOperator, IdentityOperator, LowRankOperator, ShapeMismatchError
-from tests.contract import check_operator
+from linop.testing import check_operator
 
 D64 = torch.float64
 

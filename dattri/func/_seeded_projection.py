@@ -6,7 +6,7 @@ counter-based hash instead (the same matrix on every device); this one exists so
 ``dattri.func.projection.random_project`` on the CPU gives dattri's numbers.
 
 Example:
-    >>> from linop import SeededBlockProjection
+    >>> from dattri.func._seeded_projection import SeededBlockProjection
     >>> SeededBlockProjection(100, 8, seed=0).shape
     (8, 100)
 """
@@ -80,7 +80,7 @@ class SeededBlockProjection(ProjectionOperator):
 
     Example:
         >>> import torch
-        >>> from linop import SeededBlockProjection
+        >>> from dattri.func._seeded_projection import SeededBlockProjection
         >>> P = SeededBlockProjection(1000, 150, seed=0)   # blocks of 100 rows: seeds 0 and 1000
         >>> g = torch.Generator().manual_seed(1000)
         >>> torch.equal(P.block(1), torch.empty(1000, 100).normal_(generator=g)[:, :50].T)
@@ -222,3 +222,6 @@ class SeededBlockProjection(ProjectionOperator):
 
     def _repr_args(self) -> str:
         return f"kind={self.kind!r}, seed={self.seed}, block_size={self.rows_per_block}"
+
+#: linop's warnings point past this module, at its caller (see linop._warn)
+__linop_wrapper__ = True

@@ -1,0 +1,15 @@
+"""Curvature operators: defined at one batch and a point, turned into dataset operators by the
+generic :class:`DatasetMean`.
+
+Data flows one way: data source (:mod:`linop.data`) → one-batch operator
+(:class:`HessianOperator`, any :class:`CurvatureOperator`) → :class:`DatasetMean` → solvers.
+"""
+
+from __future__ import annotations
+
+from linop.curvature._autodiff import MODES, hvp
+from linop.curvature.base import CurvatureOperator
+from linop.curvature.dataset import DatasetMean
+from linop.curvature.hessian import HessianOperator
+
+__all__ = ["MODES", "CurvatureOperator", "DatasetMean", "HessianOperator", "hvp"]

@@ -1,0 +1,159 @@
+"""The lazy inverse operator and :func:`solve`.
+
+An :class:`InverseOperator` is itself a :class:`~linop.operator.LinearOperator`. Its set-up
+(factorisation, eigen-decomposition) runs once, on first use, and is reused for every right-hand
+side; after each product, :attr:`InverseOperator.info` holds a :class:`~linop.inverse.SolveInfo`.
+
+``inv @ v`` is differentiable and vmappable with respect to ``v`` for every method: the gradient
+of ``A⁻¹ v`` against ``g`` is ``A⁻ᵀ g`` (another solve), and under ``torch.func.vmap`` the batch of
+vectors is solved at once as columns (each column still stops on its own).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from linop._tensor import traced
+from linop.errors import NonFiniteError, ShapeMismatchError
+from linop.inverse import arnoldi, cg, explicit, lissa  # noqa: F401 - they register the methods
+from linop.inverse.base import METHODS, SolveInfo, SolverOptions, Strategy
+from linop.operator import LinearOperator
+from linop.tags import Tags
+
+__all__ = ["InverseOperator", "make_strategy", "solve"]
+
+
+def make_strategy(operator: LinearOperator, method: str | SolverOptions, options: dict[str, Any]) -> Strategy:
+    """The strategy for ``method`` (a name with keyword options, or a typed options object);
+    unknown methods or options, and invalid values, raise here with the valid ones listed."""
+    if isinstance(method, SolverOptions):
+        if options:
+            raise TypeError("pass the options either as an options object or as keywords, not both")
+        return METHODS[method.method](operator, method)
+    if method not in METHODS:
+        raise ValueError(f"unknown inverse method {method!r}; valid methods are {', '.join(sorted(METHODS))}")
+    strategy = METHODS[method]
+    return strategy(operator, strategy.Options.parse(**options))
+
+
+class _Solve(torch.autograd.Function):
+    """``X = A⁻¹ B`` made to work with autograd and torch.func: the backward is the adjoint
+    solve, and under ``vmap`` the batch is solved at once, as more columns."""
+
+    @staticmethod
+    def forward(B: torch.Tensor, inverse: InverseOperator) -> torch.Tensor:  # type: ignore[override]
+        return inverse._solve(B)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        ctx.inverse = inputs[1]
+
+    @staticmethod
+    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return ctx.inverse.adjoint()._matmat(G), None
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], B: torch.Tensor, inverse: InverseOperator) -> tuple[torch.Tensor, int]:
+        Bs = B.movedim(in_dims[0], 0)  # (batch, n, k)
+        batch, n, k = Bs.shape
+        X = _Solve.apply(Bs.permute(1, 0, 2).reshape(n, batch * k), inverse)
+        return X.reshape(n, batch, k).permute(1, 0, 2), 0
+
+
+class InverseOperator(LinearOperator):
+    """``A⁻¹`` for a square operator ``A``, applied by a chosen method, lazily.
+
+    Args:
+        operator: the square operator ``A``.
+        method: ``"explicit"``, ``"cg"``, ``"arnoldi"`` or ``"lissa"``, or a typed options object
+            (:class:`~linop.inverse.CGOptions`, ...), which names its method.
+        **options: the method's options (an unknown or invalid one is an error listing the
+            valid ones).
+
+    Attributes:
+        info: the :class:`~linop.inverse.SolveInfo` of the latest product (None before the first).
+        options: the method's typed options.
+    """
+
+    def __init__(self, operator: LinearOperator, method: str | SolverOptions = "cg", **options: Any) -> None:
+        if operator.shape[0] != operator.shape[1]:
+            raise ShapeMismatchError(f"only a square operator has an inverse, got {operator!r}")
+        strategy = make_strategy(operator, method, options)
+        t = operator.tags
+        super().__init__(operator.shape, operator.dtype, operator.device, Tags(t.symmetric, t.psd, t.nsd))
+        self.operator = operator
+        self.method: str = strategy.name
+        self.strategy = strategy
+        self.options: SolverOptions = strategy.options
+        self.info: SolveInfo | None = None
+        self._adjoint_inverse: InverseOperator | None = None
+
+    def setup(self) -> InverseOperator:
+        """Run the method's set-up now (it otherwise runs on the first product)."""
+        self.strategy.setup()
+        return self
+
+    def _matmat(self, B: torch.Tensor) -> torch.Tensor:
+        if traced(B) or (torch.is_grad_enabled() and B.requires_grad):
+            return _Solve.apply(B, self)
+        return self._solve(B)
+
+    def _solve(self, B: torch.Tensor) -> torch.Tensor:
+        if not bool(torch.isfinite(B).all()):
+            raise NonFiniteError("the right-hand side contains NaN or infinite entries")
+        start = time.perf_counter()
+        setup_hvps = self.strategy.setup()
+        X, info = self.strategy.solve(B)
+        if X.is_cuda:
+            torch.cuda.synchronize(X.device)
+        info.hvps += setup_hvps
+        info.seconds = time.perf_counter() - start
+        self.info = info
+        return X
+
+    def inverse(self, method: Any = None, **options: Any) -> LinearOperator:
+        """The operator this is the inverse of."""
+        return self.operator
+
+    def _adjoint(self) -> LinearOperator:
+        if self.tags.symmetric:
+            return self
+        if self._adjoint_inverse is None:
+            self._adjoint_inverse = InverseOperator(self.operator.adjoint(), self.options)
+        return self._adjoint_inverse
+
+    def _repr_args(self) -> str:
+        return f"method={self.method!r}"
+
+
+def solve(
+    operator: LinearOperator,
+    b: torch.Tensor,
+    method: str | SolverOptions = "cg",
+    *,
+    return_info: bool = False,
+    **options: Any,
+) -> torch.Tensor | tuple[torch.Tensor, SolveInfo]:
+    """Solve ``A x = b`` for ``b`` of shape ``(n,)`` or ``(n, k)``.
+
+    Args:
+        operator: the square operator ``A``.
+        b: the right-hand side(s).
+        method: as :class:`InverseOperator`.
+        return_info: also return the :class:`~linop.inverse.SolveInfo`.
+        **options: the method's options.
+
+    Example:
+        >>> import torch
+        >>> from linop import DiagonalOperator, solve
+        >>> x, info = solve(DiagonalOperator(torch.tensor([2.0, 4.0])), torch.ones(2),
+        ...                 method="explicit", return_info=True)
+        >>> x.tolist(), bool(info.converged.all())
+        ([0.5, 0.25], True)
+    """
+    inv = InverseOperator(operator, method, **options)
+    x = inv @ b
+    return (x, inv.info) if return_info else x
