@@ -49,7 +49,7 @@ DATTRI_REF = REPO_ROOT / ".ref" / "dattri020"
 _DATTRI_REQUIREMENT = "dattri==0.2.0"
 
 
-class ReferenceUnavailable(RuntimeError):
+class ReferenceUnavailable(RuntimeError):  # noqa: N818 - a state the report shows, not a bug
     """A reference implementation could not be installed or its subprocess failed."""
 
 
@@ -155,9 +155,11 @@ def source_info(package: str | Path) -> dict[str, Any]:
     except OSError:
         return {"commit": None, "dirty": None, "sha256": digest.hexdigest()}
     ok = head.returncode == 0
-    return {"commit": head.stdout.strip() if ok else None,
-            "dirty": bool(diff.returncode) if ok and diff.returncode in (0, 1) else None,
-            "sha256": digest.hexdigest()}
+    return {
+        "commit": head.stdout.strip() if ok else None,
+        "dirty": bool(diff.returncode) if ok and diff.returncode in (0, 1) else None,
+        "sha256": digest.hexdigest(),
+    }
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
@@ -249,7 +251,11 @@ def run_reference(
     with tempfile.TemporaryDirectory() as cwd:
         try:
             proc = subprocess.run(
-                [*cmd, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
+                [*cmd, *map(str, args)],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=cwd,
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired as e:

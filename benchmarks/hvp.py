@@ -39,6 +39,8 @@ import time
 import warnings
 from collections.abc import Callable
 from functools import partial
+from itertools import pairwise
+from operator import matmul
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +66,12 @@ MODES = ("rev-rev", "rev-fwd")
 #: curvlinops-for-pytorch is installed without its dependencies; these supply them.
 CURVLINOPS_DEPS = REPO_ROOT / ".ref" / "curvlinops_deps"
 CURVLINOPS_REQUIREMENTS = (
-    "einops", "einconv", "linear_operator", "opt-einsum", "backpack-for-pytorch", "unfoldNd",
+    "einops",
+    "einconv",
+    "linear_operator",
+    "opt-einsum",
+    "backpack-for-pytorch",
+    "unfoldNd",
 )
 #: The subprocess side: call one function of this module on the JSON config, print its JSON.
 _SCRIPT = (
@@ -84,7 +91,7 @@ def mlp_loss(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Ten
     order of ``torch.nn.Linear.parameters()``.
     """
     i, h, last = 0, X, len(SIZES) - 2
-    for layer, (fan_in, fan_out) in enumerate(zip(SIZES[:-1], SIZES[1:])):
+    for layer, (fan_in, fan_out) in enumerate(pairwise(SIZES)):
         W = theta[i : i + fan_in * fan_out].view(fan_out, fan_in)
         i += fan_in * fan_out
         b = theta[i : i + fan_out]
@@ -107,7 +114,7 @@ def make_problem(device: str = "cpu", dtype: torch.dtype = torch.float32) -> dic
     torch.manual_seed(SEED)
     g = torch.Generator().manual_seed(SEED)
     parts = []
-    for fan_in, fan_out in zip(SIZES[:-1], SIZES[1:]):  # torch.nn.Linear's default init
+    for fan_in, fan_out in pairwise(SIZES):  # torch.nn.Linear's default init
         bound = fan_in**-0.5
         parts.append((torch.rand(fan_out * fan_in, generator=g) * 2 - 1) * bound)
         parts.append((torch.rand(fan_out, generator=g) * 2 - 1) * bound)
@@ -128,15 +135,21 @@ def make_problem(device: str = "cpu", dtype: torch.dtype = torch.float32) -> dic
 
 def problem_info() -> dict[str, Any]:
     """The problem's description, for the records."""
-    n = sum(i * o + o for i, o in zip(SIZES[:-1], SIZES[1:]))
-    return {"sizes": SIZES, "params": n, "batch": BATCH, "vectors": NUM_VECTORS, "seed": SEED,
-            "activation": "tanh", "loss": "cross_entropy", "dtype": "float32"}
+    n = sum(i * o + o for i, o in pairwise(SIZES))
+    return {
+        "sizes": SIZES,
+        "params": n,
+        "batch": BATCH,
+        "vectors": NUM_VECTORS,
+        "seed": SEED,
+        "activation": "tanh",
+        "loss": "cross_entropy",
+        "dtype": "float32",
+    }
 
 
 # ---------------------------------------------------------------------- measuring
-def _measure(
-    name: str, fn: Callable[[], Any], cfg: dict[str, Any], out: dict[str, Any]
-) -> None:
+def _measure(name: str, fn: Callable[[], Any], cfg: dict[str, Any], out: dict[str, Any]) -> None:
     samples = time_samples(fn, cfg["warmup"], cfg["reps"])
     out[name] = {"seconds": statistics.median(samples), "samples": samples}
 
@@ -197,30 +210,42 @@ def measure_linop(prob: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
             cfg,
             out,
         )
-        _measure(f"linop/{mode}/hvp_1", lambda: H @ v, cfg, out)
-        _measure(f"linop/{mode}/hvp_16", lambda: H @ V, cfg, out)
+        _measure(f"linop/{mode}/hvp_1", partial(matmul, H, v), cfg, out)
+        _measure(f"linop/{mode}/hvp_16", partial(matmul, H, V), cfg, out)
         _save(cfg, f"linop_{mode}", hv=H @ v, HV=H @ V)
         del H
 
     # The same products without the operator: what linop builds on, called directly.
     g = grad(partial(mlp_loss, X=X, y=y))
     pullback = vjp(g, theta)[1]
-    _measure("torch.func/rev-rev/hvp_1", lambda: pullback(v)[0], cfg, out)
-    _measure("torch.func/rev-rev/hvp_16",
-             lambda: vmap(lambda u: pullback(u)[0], in_dims=1, out_dims=1)(V), cfg, out)
-    _measure("torch.func/rev-rev/loop_16",
-             lambda: torch.stack([pullback(V[:, j])[0] for j in range(V.shape[1])], 1), cfg, out)
+    _measure("torch.func/rev-rev/hvp_1", lambda pb=pullback: pb(v)[0], cfg, out)
+    _measure(
+        "torch.func/rev-rev/hvp_16",
+        lambda pb=pullback: vmap(lambda u: pb(u)[0], in_dims=1, out_dims=1)(V),
+        cfg,
+        out,
+    )
+    _measure(
+        "torch.func/rev-rev/loop_16",
+        lambda pb=pullback: torch.stack([pb(V[:, j])[0] for j in range(V.shape[1])], 1),
+        cfg,
+        out,
+    )
     del pullback
     _measure("torch.func/rev-fwd/hvp_1", lambda: jvp(g, (theta,), (v,))[1], cfg, out)
-    _measure("torch.func/rev-fwd/hvp_16",
-             lambda: vmap(lambda u: jvp(g, (theta,), (u,))[1], in_dims=1, out_dims=1)(V),
-             cfg, out)
+    _measure(
+        "torch.func/rev-fwd/hvp_16",
+        lambda: vmap(lambda u: jvp(g, (theta,), (u,))[1], in_dims=1, out_dims=1)(V),
+        cfg,
+        out,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lin = linearize(g, theta)[1]
-    _measure("torch.func/linearize/hvp_1", lambda: lin(v), cfg, out)
-    _measure("torch.func/linearize/hvp_16",
-             lambda: vmap(lin, in_dims=1, out_dims=1)(V), cfg, out)
+    _measure("torch.func/linearize/hvp_1", partial(lin, v), cfg, out)
+    _measure(
+        "torch.func/linearize/hvp_16", lambda lin=lin: vmap(lin, in_dims=1, out_dims=1)(V), cfg, out
+    )
     del lin
 
     # Ground truth for the correctness check: the same HVP in float64.
@@ -246,12 +271,15 @@ def reference_dattri(cfg: dict[str, Any]) -> dict[str, Any]:
     _gradient(prob, cfg, out)
     for mode in MODES:
         hvp = _measure_setup(
-            f"dattri/{mode}", lambda mode=mode: hvp_at_x(f, (theta,), mode=mode), lambda h: h(v),
-            cfg, out,
+            f"dattri/{mode}",
+            lambda mode=mode: hvp_at_x(f, (theta,), mode=mode),
+            lambda h: h(v),
+            cfg,
+            out,
         )
         many = vmap(hvp, in_dims=1, out_dims=1)
-        _measure(f"dattri/{mode}/hvp_1", lambda: hvp(v), cfg, out)
-        _measure(f"dattri/{mode}/hvp_16", lambda: many(V), cfg, out)
+        _measure(f"dattri/{mode}/hvp_1", partial(hvp, v), cfg, out)
+        _measure(f"dattri/{mode}/hvp_16", partial(many, V), cfg, out)
         _save(cfg, f"dattri_{mode}", hv=hvp(v), HV=many(V))
         del hvp, many
     return out
@@ -266,7 +294,7 @@ def reference_curvlinops(cfg: dict[str, Any]) -> dict[str, Any]:
     prob = make_problem(cfg["device"])
     theta, X, y, v, V = (prob[k] for k in ("theta", "X", "y", "v", "V"))
     layers: list[torch.nn.Module] = []
-    for fan_in, fan_out in zip(SIZES[:-1], SIZES[1:]):
+    for fan_in, fan_out in pairwise(SIZES):
         layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.Tanh()]
     model = torch.nn.Sequential(*layers[:-1]).to(cfg["device"])
     torch.nn.utils.vector_to_parameters(theta, model.parameters())
@@ -281,7 +309,11 @@ def reference_curvlinops(cfg: dict[str, Any]) -> dict[str, Any]:
     H = _measure_setup(
         "curvlinops/rev-fwd",
         lambda: HessianLinearOperator(
-            model, torch.nn.CrossEntropyLoss(), params, [(X, y)], check_deterministic=False,
+            model,
+            torch.nn.CrossEntropyLoss(),
+            params,
+            [(X, y)],
+            check_deterministic=False,
             num_data=BATCH,
         ),
         lambda H: H @ v,
@@ -342,17 +374,25 @@ def check(tmp: Path) -> list[dict[str, Any]]:
     rows = []
     for mode in MODES:
         ours = load(f"linop_{mode}")
-        rows.append({"a": f"linop/{mode}", "b": "float64", "vectors": 1,
-                     **_compare(ours["hv"], truth)})
+        rows.append(
+            {"a": f"linop/{mode}", "b": "float64", "vectors": 1, **_compare(ours["hv"], truth)}
+        )
         for other in (f"dattri_{mode}", f"curvlinops_{mode}"):
             ref = load(other)
             if ref is None:
                 continue
             name = other.replace("_", "/", 1)
-            rows.append({"a": f"linop/{mode}", "b": name, "vectors": 1,
-                         **_compare(ours["hv"], ref["hv"])})
-            rows.append({"a": f"linop/{mode}", "b": name, "vectors": NUM_VECTORS,
-                         **_compare(ours["HV"], ref["HV"])})
+            rows.append(
+                {"a": f"linop/{mode}", "b": name, "vectors": 1, **_compare(ours["hv"], ref["hv"])}
+            )
+            rows.append(
+                {
+                    "a": f"linop/{mode}",
+                    "b": name,
+                    "vectors": NUM_VECTORS,
+                    **_compare(ours["HV"], ref["HV"]),
+                }
+            )
             rows.append({"a": name, "b": "float64", "vectors": 1, **_compare(ref["hv"], truth)})
     for row in rows:
         row["ok"] = row["rel_max"] <= TOLERANCE
@@ -377,8 +417,12 @@ def table(res: dict[str, Any]) -> str:
     head = ["work", "ours (ms)", "dattri (ms)", "curvlinops (ms)", "ours/gradient", "dattri/ours"]
     works = [("gradient (each process)", "gradient", "gradient", "gradient")]
     for mode in MODES:
-        for work, label in (("construct", "construction"), ("first_product", "first product"),
-                            ("hvp_1", "1 HVP"), ("hvp_16", "16 HVPs")):
+        for work, label in (
+            ("construct", "construction"),
+            ("first_product", "first product"),
+            ("hvp_1", "1 HVP"),
+            ("hvp_16", "16 HVPs"),
+        ):
             curv = f"curvlinops/{mode}/{work}"
             works.append((f"{mode} {label}", f"linop/{mode}/{work}", f"dattri/{mode}/{work}", curv))
     lines = [head]
@@ -387,15 +431,23 @@ def table(res: dict[str, Any]) -> str:
         ours = _ms(res["linop"].get(ours_key))
         dattri = _ms(res["dattri"].get(dattri_key))
         curv = _ms(res["curvlinops"].get(curv_key))
-        lines.append([
-            label, _fmt(ours), _fmt(dattri), _fmt(curv),
-            _fmt(ours / grad_ms, "×") if ours and grad_ms else "—",
-            _fmt(dattri / ours, "×") if ours and dattri else "—",
-        ])
+        lines.append(
+            [
+                label,
+                _fmt(ours),
+                _fmt(dattri),
+                _fmt(curv),
+                _fmt(ours / grad_ms, "×") if ours and grad_ms else "—",
+                _fmt(dattri / ours, "×") if ours and dattri else "—",
+            ]
+        )
     lines.append(["plain torch.func (no operator):", "", "", "", "", ""])
     for key in ("rev-rev", "rev-fwd", "linearize"):
-        for work, label in (("hvp_1", "1 HVP"), ("hvp_16", "16 HVPs (vmap)"),
-                            ("loop_16", "16 HVPs (loop)")):
+        for work, label in (
+            ("hvp_1", "1 HVP"),
+            ("hvp_16", "16 HVPs (vmap)"),
+            ("loop_16", "16 HVPs (loop)"),
+        ):
             t = _ms(res["linop"].get(f"torch.func/{key}/{work}"))
             if t is None:
                 continue
@@ -404,8 +456,10 @@ def table(res: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
 
     def fmt(row: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(row, widths)))
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=False))
+        )
 
     return "\n".join([fmt(lines[0]), fmt(["-" * w for w in widths]), *map(fmt, lines[1:])])
 
@@ -417,14 +471,21 @@ def records(
     loads: dict[str, list[float]],
 ) -> list[dict[str, Any]]:
     """One JSON record per measurement, per correctness check and per unavailable reference."""
-    common = {"benchmark": "hvp", "device": cfg["device"], "problem": problem_info(),
-              "warmup": cfg["warmup"], "rounds": cfg["rounds"],
-              "torch_threads": torch.get_num_threads(), "linop_source": cfg["linop_source"]}
+    common = {
+        "benchmark": "hvp",
+        "device": cfg["device"],
+        "problem": problem_info(),
+        "warmup": cfg["warmup"],
+        "rounds": cfg["rounds"],
+        "torch_threads": torch.get_num_threads(),
+        "linop_source": cfg["linop_source"],
+    }
     out = []
     for side, measured in res.items():
         if "error" in measured:
-            out.append({**common, "side": side, "status": "unavailable",
-                        "reason": measured["error"]})
+            out.append(
+                {**common, "side": side, "status": "unavailable", "reason": measured["error"]}
+            )
             continue
         extra = {"load_avg_1m_at_start": loads[side]}
         if "_info" in measured:
@@ -434,10 +495,20 @@ def records(
                 continue
             impl, _, rest = key.partition("/")
             mode, _, work = rest.rpartition("/")
-            out.append({**common, "side": side, "impl": impl if rest else "torch.func.grad",
-                        "mode": mode or None, "work": work or key, "seconds": entry["seconds"],
-                        "samples": entry["samples"], "n_samples": len(entry["samples"]),
-                        "process": "main" if side == "linop" else "subprocess", **extra})
+            out.append(
+                {
+                    **common,
+                    "side": side,
+                    "impl": impl if rest else "torch.func.grad",
+                    "mode": mode or None,
+                    "work": work or key,
+                    "seconds": entry["seconds"],
+                    "samples": entry["samples"],
+                    "n_samples": len(entry["samples"]),
+                    "process": "main" if side == "linop" else "subprocess",
+                    **extra,
+                }
+            )
     for row in checks:
         out.append({**common, "work": "correctness", "tolerance": TOLERANCE, **row})
     return out
@@ -449,24 +520,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--reps", type=int, default=7, help="timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first")
-    parser.add_argument("--setup-reps", type=int, default=3,
-                        help="fresh operators timed for construction and first product")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads in every process (default: torch's default); on a "
-                        "shared CPU, fewer threads than cores avoids oversubscription")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="repeat ours and the references in turn, pooling the samples")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON-lines output (default: benchmarks/out/hvp_<device>.jsonl)")
+    parser.add_argument(
+        "--setup-reps",
+        type=int,
+        default=3,
+        help="fresh operators timed for construction and first product",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads in every process (default: torch's default); on a "
+        "shared CPU, fewer threads than cores avoids oversubscription",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat ours and the references in turn, pooling the samples",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON-lines output (default: benchmarks/out/hvp_<device>.jsonl)",
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
     out_path = args.out or REPO_ROOT / "benchmarks" / "out" / f"hvp_{args.device}.jsonl"
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = {"device": args.device, "reps": args.reps, "warmup": args.warmup,
-               "setup_reps": args.setup_reps, "rounds": args.rounds, "threads": args.threads,
-               "tmp": tmp}
+        cfg = {
+            "device": args.device,
+            "reps": args.reps,
+            "warmup": args.warmup,
+            "setup_reps": args.setup_reps,
+            "rounds": args.rounds,
+            "threads": args.threads,
+            "tmp": tmp,
+        }
         _configure(cfg)
         import linop  # noqa: F401 - loaded now, so the hash below is of the code measured
 
@@ -490,17 +583,29 @@ def main(argv: list[str] | None = None) -> int:
         checks = check(Path(tmp))
 
     m = machine_info()
-    print(f"\nHVP benchmark, {problem_info()['params']:,} parameters, batch {BATCH}, float32, "
-          f"{args.device}; {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
-          f"(torch threads: {m['torch_threads']}){', ' + m['cuda_device'] if m['cuda_device'] else ''}")
+    print(
+        f"\nHVP benchmark, {problem_info()['params']:,} parameters, batch {BATCH}, float32, "
+        f"{args.device}; {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+        f"(torch threads: {m['torch_threads']})"
+        f"{', ' + m['cuda_device'] if m['cuda_device'] else ''}"
+    )
     src = cfg["linop_source"]
-    print(f"linop: commit {str(src['commit'])[:10]}{' + uncommitted edits' if src['dirty'] else ''}"
-          f" (sources sha256 {src['sha256'][:12]})")
-    print(f"medians of {args.reps} calls after {args.warmup} warm-up, x {args.rounds} "
-          f"interleaved round(s); construction and first product: medians over "
-          f"{args.setup_reps} fresh operators per round")
-    print("1-min load average when each side started, per round: " + "; ".join(
-        f"{side} {', '.join(f'{x:.2f}' for x in xs)}" for side, xs in loads.items() if xs) + "\n")
+    print(
+        f"linop: commit {str(src['commit'])[:10]}{' + uncommitted edits' if src['dirty'] else ''}"
+        f" (sources sha256 {src['sha256'][:12]})"
+    )
+    print(
+        f"medians of {args.reps} calls after {args.warmup} warm-up, x {args.rounds} "
+        f"interleaved round(s); construction and first product: medians over "
+        f"{args.setup_reps} fresh operators per round"
+    )
+    print(
+        "1-min load average when each side started, per round: "
+        + "; ".join(
+            f"{side} {', '.join(f'{x:.2f}' for x in xs)}" for side, xs in loads.items() if xs
+        )
+        + "\n"
+    )
     print(table(res))
     print("\ncurvlinops is forward-over-reverse (jvp of jacrev); it appears in the rev-fwd rows.")
     for side in ("dattri", "curvlinops"):
@@ -508,9 +613,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{side} UNAVAILABLE: {res[side]['error']}")
     print(f"\ncorrectness (tolerance: max|a-b|/max|b| <= {TOLERANCE:g}):")
     for row in checks:
-        print(f"  {'ok  ' if row['ok'] else 'FAIL'} {row['a']:>16} vs {row['b']:<18} "
-              f"{row['vectors']:>2} vec: max rel diff {row['rel_max']:.2e}, "
-              f"rel L2 {row['rel_l2']:.2e}")
+        print(
+            f"  {'ok  ' if row['ok'] else 'FAIL'} {row['a']:>16} vs {row['b']:<18} "
+            f"{row['vectors']:>2} vec: max rel diff {row['rel_max']:.2e}, "
+            f"rel L2 {row['rel_l2']:.2e}"
+        )
     path = write_jsonl(out_path, records(res, checks, cfg, loads))
     print(f"\nwrote {path}")
     return 0 if all(row["ok"] for row in checks) else 1

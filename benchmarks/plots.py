@@ -8,7 +8,11 @@ from typing import Any
 
 
 def _load(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if path.exists()
+        else []
+    )
 
 
 def draw(folder: Path, device: str) -> list[Path]:
@@ -19,7 +23,11 @@ def draw(folder: Path, device: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    hvp = [r for r in _load(folder / f"hvp_{device}.jsonl") if r.get("impl") in ("linop", "dattri", "curvlinops")]
+    hvp = [
+        r
+        for r in _load(folder / f"hvp_{device}.jsonl")
+        if r.get("impl") in ("linop", "dattri", "curvlinops")
+    ]
     works = ["hvp_1", "hvp_16"]
     if hvp:
         fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -46,7 +54,7 @@ def draw(folder: Path, device: str) -> list[Path]:
         for side, marker in (("linop", "o"), ("dattri", "s")):
             pts = sorted((r["seconds"], r["rel_error"]) for r in cg if r["side"] == side)
             if pts:
-                ax.plot(*zip(*pts), marker=marker, label=f"{side} CG")
+                ax.plot(*zip(*pts, strict=True), marker=marker, label=f"{side} CG")
         ax.set_xlabel("seconds (8 right-hand sides)")
         ax.set_ylabel("relative error")
         ax.set_yscale("log")

@@ -3,10 +3,10 @@
 Features ``(B, d)`` in float16 projected to ``k`` dimensions, as in BENCHMARKS.md.
 
 - CPU: ``ProjectionOperator.random(d, k).project(X)`` — the first call (the matrix generated from
-  the hash, its signs kept packed 8 to a byte within the 1 GiB budget) and later calls — against dattri 0.2.0's
-  ``random_project(..., device="cpu")`` (its default ``use_half_precision=True``), one call each
-  side, in separate processes; the extra memory of each side is its peak resident size minus the
-  size before the call.
+  the hash, its signs kept packed 8 to a byte within the 1 GiB budget) and later calls — against
+  dattri 0.2.0's ``random_project(..., device="cpu")`` (its default ``use_half_precision=True``),
+  one call each side, in separate processes; the extra memory of each side is its peak resident
+  size minus the size before the call.
 - CUDA: linop's Triton kernel against linop's pure-torch path (regenerate blocks + matmul) and,
   when it is importable, TRAK's fast_jl kernel called directly (``project_rademacher_{8,16,32}``
   with one feature tile per SM, as TRAK's CudaProjector calls it), for the four shapes of
@@ -21,14 +21,27 @@ import argparse
 import json
 import resource
 import time
+from functools import partial
 from typing import Any
 
 import torch
 
-from benchmarks._harness import REPO_ROOT, ensure_reference, machine_info, median_time, run_reference, write_jsonl
+from benchmarks._harness import (
+    REPO_ROOT,
+    ensure_reference,
+    machine_info,
+    median_time,
+    run_reference,
+    write_jsonl,
+)
 
 CPU_SHAPES = [(32, 100_000, 512), (32, 1_000_000, 512)]
-GPU_SHAPES = [(32, 1_000_000, 512), (32, 1_000_000, 4096), (32, 10_000_000, 2048), (256, 10_000_000, 2048)]
+GPU_SHAPES = [
+    (32, 1_000_000, 512),
+    (32, 1_000_000, 4096),
+    (32, 10_000_000, 2048),
+    (256, 10_000_000, 2048),
+]
 _SCRIPT = (
     "import json, sys\n"
     "from benchmarks.projection import {fn}\n"
@@ -77,16 +90,29 @@ def run_cpu(shapes: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
     ref = ensure_reference()
     for B, d, k in shapes:
         ours = run_reference(_SCRIPT.format(fn="linop_cpu"), [json.dumps([B, d, k])], [REPO_ROOT])
-        theirs = run_reference(_SCRIPT.format(fn="dattri_cpu"), [json.dumps([B, d, k])], [ref, REPO_ROOT])
-        rec = {"benchmark": "projection", "device": "cpu", "shape": [B, d, k], "dtype": "float16",
-               "linop_first_s": ours["first"], "linop_later_s": ours["later"],
-               "linop_extra_mib": ours["extra_mib"], "dattri_s": theirs["first"],
-               "dattri_extra_mib": theirs["extra_mib"], "machine": machine_info()}
+        theirs = run_reference(
+            _SCRIPT.format(fn="dattri_cpu"), [json.dumps([B, d, k])], [ref, REPO_ROOT]
+        )
+        rec = {
+            "benchmark": "projection",
+            "device": "cpu",
+            "shape": [B, d, k],
+            "dtype": "float16",
+            "linop_first_s": ours["first"],
+            "linop_later_s": ours["later"],
+            "linop_extra_mib": ours["extra_mib"],
+            "dattri_s": theirs["first"],
+            "dattri_extra_mib": theirs["extra_mib"],
+            "machine": machine_info(),
+        }
         records.append(rec)
-        print(f"({B}, {d}, {k}): linop first {ours['first']:.3f} s, later {ours['later']:.3f} s "
-              f"(+{ours['extra_mib']:.0f} MiB); dattri {theirs['first']:.3f} s "
-              f"(+{theirs['extra_mib']:.0f} MiB); speed-up {theirs['first'] / ours['first']:.1f}x "
-              f"first call, {theirs['first'] / ours['later']:.1f}x later calls", flush=True)
+        print(
+            f"({B}, {d}, {k}): linop first {ours['first']:.3f} s, later {ours['later']:.3f} s "
+            f"(+{ours['extra_mib']:.0f} MiB); dattri {theirs['first']:.3f} s "
+            f"(+{theirs['extra_mib']:.0f} MiB); speed-up {theirs['first'] / ours['first']:.1f}x "
+            f"first call, {theirs['first'] / ours['later']:.1f}x later calls",
+            flush=True,
+        )
     return records
 
 
@@ -109,10 +135,12 @@ def run_cuda(shapes: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
     for B, d, k in shapes:
         X = _features(B, d, "cuda")
         kernel = ProjectionOperator.random(d, k, dtype=torch.float16, device="cuda")
-        torch_path = ProjectionOperator.random(d, k, dtype=torch.float16, device="cuda", use_kernel=False)
+        torch_path = ProjectionOperator.random(
+            d, k, dtype=torch.float16, device="cuda", use_kernel=False
+        )
         rec: dict[str, Any] = {"benchmark": "projection", "device": "cuda", "shape": [B, d, k]}
-        rec["triton_s"] = median_time(lambda: kernel.project(X), warmup=3, reps=10)
-        rec["torch_s"] = median_time(lambda: torch_path.project(X), warmup=1, reps=3)
+        rec["triton_s"] = median_time(partial(kernel.project, X), warmup=3, reps=10)
+        rec["torch_s"] = median_time(partial(torch_path.project, X), warmup=1, reps=3)
         a, b = kernel.project(X).float(), torch_path.project(X).float()
         rec["max_rel_diff"] = float((a - b).abs().max() / b.abs().max())
         theirs = _fast_jl(X, k)
@@ -120,8 +148,12 @@ def run_cuda(shapes: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
         rec["machine"] = machine_info()
         records.append(rec)
         fj = f"{rec['fast_jl_s'] * 1e3:.2f} ms" if theirs else "not built"
-        print(f"({B}, {d}, {k}): triton {rec['triton_s'] * 1e3:.2f} ms, torch {rec['torch_s'] * 1e3:.2f} ms, "
-              f"fast_jl {fj}, max rel diff {rec['max_rel_diff']:.1e}", flush=True)
+        print(
+            f"({B}, {d}, {k}): triton {rec['triton_s'] * 1e3:.2f} ms, "
+            f"torch {rec['torch_s'] * 1e3:.2f} ms, "
+            f"fast_jl {fj}, max rel diff {rec['max_rel_diff']:.1e}",
+            flush=True,
+        )
     return records
 
 

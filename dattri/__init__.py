@@ -5,4 +5,6 @@ signatures; every function calls linop, and the known bugs of 0.2.0 are fixed (s
 guide in the docs).
 """
 
+from __future__ import annotations
+
 __version__ = "0.2.0+linop"

@@ -450,6 +450,7 @@ def chord_polish(
     (measured on the MLP: occasional small rises), so it stops after ``patience`` steps without a
     new best, or at ``max_steps``.
     """
+
     def step(theta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return theta - torch.cholesky_solve(g[:, None], factor)[:, 0]
 
@@ -511,7 +512,9 @@ def train_mlp(
     if factor is None:
         factor, info = torch.linalg.cholesky_ex(objective_hessian_dense(model, theta, X, y))
         if int(info) != 0:
-            raise RuntimeError("the objective Hessian is not positive definite where L-BFGS "
-                               "stopped: not a local minimum")
+            raise RuntimeError(
+                "the objective Hessian is not positive definite where L-BFGS "
+                "stopped: not a local minimum"
+            )
     theta, steps, norm = chord_polish(model, theta, X, y, factor)
     return theta, TrainInfo(int(res.nit), lbfgs_norm, steps, norm, time.perf_counter() - t0)

@@ -70,6 +70,9 @@ for _p in (_HERE, _HERE.parent):  # _digits next to this file; linop from the ch
     if str(_p) not in sys.path:
         sys.path.insert(0 if _p == _HERE else len(sys.path), str(_p))
 
+import warnings  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
+
 from _digits import (  # noqa: E402
     LOGISTIC,
     MODELS,
@@ -77,9 +80,6 @@ from _digits import (  # noqa: E402
     limit_threads,
     load_split,
 )
-
-import warnings  # noqa: E402
-from dataclasses import dataclass, replace  # noqa: E402
 
 from linop import (  # noqa: E402
     ConvergenceWarning,
@@ -119,7 +119,10 @@ class Problem:
         """``A`` over the training set as a dataset, ``HessianOperator.from_data`` (batches of
         ``batch_size``) plus ``λI``: the form whose random minibatches LiSSA draws."""
         H = HessianOperator.from_data(
-            self.model.mean_loss, self.theta, (self.X, self.y), batch_size=batch_size,
+            self.model.mean_loss,
+            self.theta,
+            (self.X, self.y),
+            batch_size=batch_size,
             psd=self.model.convex,
         )
         return H + self.model.lam * IdentityOperator.like(H)
@@ -188,9 +191,7 @@ def arnoldi(p: Problem) -> Estimate:
 def arnoldi_complement(p: Problem) -> Estimate:
     """The same eigenpairs plus ``(I − VVᵀ)/λ``: the unresolved directions are treated as if
     their eigenvalue of ``H`` were zero, which is where most of them nearly are."""
-    inv = p.operator().inverse(
-        "arnoldi", rank=ARNOLDI_RANK, maxiter=ARNOLDI_STEPS, complement=True
-    )
+    inv = p.operator().inverse("arnoldi", rank=ARNOLDI_RANK, maxiter=ARNOLDI_STEPS, complement=True)
     return _apply(inv, p, f"top {ARNOLDI_RANK} of {ARNOLDI_STEPS} + (I − VVᵀ)/λ")
 
 
@@ -239,9 +240,11 @@ def lissa(p: Problem) -> Estimate:
     inv = p.dataset_operator(batch).inverse(
         "lissa", depth=c["depth"], repeats=c["repeats"], batch_size=batch, scale=scale, seed=0
     )
-    note = (f"minibatch {batch} of {n}, depth {c['depth']}, {c['repeats']} runs, scale "
-            f"{scale:.3g} = {c['margin']:g} × λ_max(A) {top:.3g} from A.eigh(1); products are "
-            f"minibatch HVPs")
+    note = (
+        f"minibatch {batch} of {n}, depth {c['depth']}, {c['repeats']} runs, scale "
+        f"{scale:.3g} = {c['margin']:g} × λ_max(A) {top:.3g} from A.eigh(1); products are "
+        f"minibatch HVPs"
+    )
     return _apply(inv, p, note)
 
 
@@ -251,8 +254,11 @@ def arnoldi_projection(p: Problem) -> Estimate:
     store per example. Mathematically the "arnoldi" row (no complement)."""
     P = ProjectionOperator.arnoldi(p.operator(), ARNOLDI_RANK, maxiter=ARNOLDI_STEPS)
     Z_train, Z_test = P @ p.G_train, P @ p.G_test  # (k, R), (k, T)
-    return Estimate(Z_test.T @ Z_train, products=ARNOLDI_STEPS,
-                    note=f"k = {ARNOLDI_RANK}; products: the {ARNOLDI_STEPS} Lanczos steps")
+    return Estimate(
+        Z_test.T @ Z_train,
+        products=ARNOLDI_STEPS,
+        note=f"k = {ARNOLDI_RANK}; products: the {ARNOLDI_STEPS} Lanczos steps",
+    )
 
 
 #: Output dimension of the random projection row.
@@ -266,8 +272,9 @@ def random_projection_cg(p: Problem) -> Estimate:
     error ≈ ‖g_test‖ ‖A⁻¹ g_train‖ / √k."""
     inv = p.operator().inverse("cg", rtol=1e-8)
     solved = inv @ p.G_train
-    R = ProjectionOperator.random(p.G_train.shape[0], RANDOM_PROJECTION_DIM,
-                                  dtype=p.G_train.dtype, seed=0)
+    R = ProjectionOperator.random(
+        p.G_train.shape[0], RANDOM_PROJECTION_DIM, dtype=p.G_train.dtype, seed=0
+    )
     scores = (R @ p.G_test).T @ (R @ solved)
     return Estimate(scores, inv.info, inv.info.hvps, f"k = {RANDOM_PROJECTION_DIM}, rademacher")
 
@@ -282,8 +289,14 @@ def solve_cg_scipy(p: Problem, rtol: float = 1e-10) -> Estimate:
     iters = []
     for k in tqdm(range(G.shape[1]), desc="cg (scipy) columns", leave=False):
         count = [0]
-        x, info = spla.cg(op, G[:, k].numpy(), rtol=rtol, atol=0.0, maxiter=20 * A.shape[0],
-                          callback=lambda _: count.__setitem__(0, count[0] + 1))
+        x, info = spla.cg(
+            op,
+            G[:, k].numpy(),
+            rtol=rtol,
+            atol=0.0,
+            maxiter=20 * A.shape[0],
+            callback=lambda _, count=count: count.__setitem__(0, count[0] + 1),
+        )
         if info != 0:
             raise RuntimeError(f"scipy cg did not converge on column {k} (info={info})")
         out[:, k] = x
@@ -385,7 +398,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def spearman_per_row(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """Spearman correlation of each row of ``actual`` with the same row of ``predicted``."""
-    return np.array([scipy.stats.spearmanr(a, p).statistic for a, p in zip(actual, predicted)])
+    return np.array(
+        [scipy.stats.spearmanr(a, p).statistic for a, p in zip(actual, predicted, strict=True)]
+    )
 
 
 def leave_one_out(
@@ -441,7 +456,7 @@ def write_plot(
         (predicted, f"{method}: g_testᵀ H⁻¹ g_j / n"),
         (predicted + shift[:, None], f"{method} + common shift s (n−1 renormalisation)"),
     ]
-    for ax, (p, label) in zip(axes[:2], panels):
+    for ax, (p, label) in zip(axes[:2], panels, strict=True):
         ax.scatter(actual.ravel(), p.ravel(), s=3, alpha=0.3)
         diagonal(ax, actual, p)
         ax.set_xscale("symlog", linthresh=1e-5)
@@ -457,8 +472,7 @@ def write_plot(
     diagonal(ax, actual[t], predicted[t])
     ax.set_xlabel("actual test-loss change")
     ax.set_ylabel("predicted change")
-    ax.set_title(f"test point {t} (median Spearman {rho[t]:.3f}), {R} removed points",
-                 fontsize=10)
+    ax.set_title(f"test point {t} (median Spearman {rho[t]:.3f}), {R} removed points", fontsize=10)
     fig.suptitle(f"Influence on sklearn digits: mean Spearman {np.mean(rho):.4f} ({method})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -492,9 +506,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     theta, info = model.train(split.X_train, split.y_train, seed=args.seed)
-    accuracy = float(
-        model.logits(theta, split.X_test).argmax(1).eq(split.y_test).double().mean()
-    )
+    accuracy = float(model.logits(theta, split.X_test).argmax(1).eq(split.y_test).double().mean())
     print(
         f"digits, {model.name} ({model.num_params} parameters, λ = {model.lam:g}): {n} train / "
         f"{split.X_test.shape[0]} test, {args.num_removed} removed, seed {args.seed}; full fit "
@@ -507,7 +519,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     retrain_seconds = time.perf_counter() - t0
 
     problem = Problem(
-        model, theta, split.X_train, split.y_train,
+        model,
+        theta,
+        split.X_train,
+        split.y_train,
         G_train=model.example_grads(theta, split.X_train[removed], split.y_train[removed]),
         G_test=model.example_grads(theta, split.X_test, split.y_test),
     )
@@ -531,7 +546,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     reference = results.get("explicit", {}).get("predicted")
     for r in results.values():  # relative Frobenius distance to the dense solve's predictions
         r["rel_error"] = (
-            None if reference is None
+            None
+            if reference is None
             else float(np.linalg.norm(r["predicted"] - reference) / np.linalg.norm(reference))
         )
 
@@ -551,8 +567,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
     table = [(m, r["seconds"], r["mean_spearman"]) for m, r in results.items()]
-    print(f"\nleave-one-out retraining: {retrain_seconds:.1f} s "
-          f"(max final ‖∇‖ {retrain_info['max_grad_norm']:.1e})")
+    print(
+        f"\nleave-one-out retraining: {retrain_seconds:.1f} s "
+        f"(max final ‖∇‖ {retrain_info['max_grad_norm']:.1e})"
+    )
     print(format_table(results))
     details = [(m, r) for m, r in results.items() if r["info"] is not None or r["note"]]
     if details:
@@ -601,13 +619,16 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     included; "-" where not counted), and the relative distance of the predictions to the
     explicit solve's (‖P − P_explicit‖_F / ‖P_explicit‖_F)."""
     width = max(len("method"), *(len(m) for m in results))
-    lines = [f"{'method':<{width}}  {'seconds':>8}  {'mean Spearman':>13}  {'products':>8}  "
-             f"{'vs explicit':>11}"]
+    lines = [
+        f"{'method':<{width}}  {'seconds':>8}  {'mean Spearman':>13}  {'products':>8}  "
+        f"{'vs explicit':>11}"
+    ]
     for m, r in results.items():
         prod = "-" if r["products"] is None else str(r["products"])
         err = "-" if r["rel_error"] is None else f"{r['rel_error']:.1e}"
-        lines.append(f"{m:<{width}}  {r['seconds']:8.2f}  {r['mean_spearman']:13.4f}  "
-                     f"{prod:>8}  {err:>11}")
+        lines.append(
+            f"{m:<{width}}  {r['seconds']:8.2f}  {r['mean_spearman']:13.4f}  {prod:>8}  {err:>11}"
+        )
     return "\n".join(lines)
 
 

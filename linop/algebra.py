@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 
@@ -138,7 +139,7 @@ class ProductOperator(LinearOperator):
             flat.extend(f.factors if isinstance(f, ProductOperator) else [f])
         if not flat:
             raise ValueError("a ProductOperator needs at least one factor")
-        for left, right in zip(flat, flat[1:]):
+        for left, right in pairwise(flat):
             if left.shape[1] != right.shape[0]:
                 raise ShapeMismatchError(
                     f"cannot multiply {left!r} by {right!r}: inner dimensions "
@@ -178,7 +179,7 @@ class AdjointOperator(LinearOperator):
 
     def _matmat(self, Y: torch.Tensor) -> torch.Tensor:
         zeros = torch.zeros(self.base.shape[1], Y.shape[1], dtype=self.dtype, device=self.device)
-        _, pullback = torch.func.vjp(self.base._matmat, zeros)
+        pullback = torch.func.vjp(self.base._matmat, zeros)[1]
         return pullback(Y)[0]
 
     def _adjoint(self) -> LinearOperator:

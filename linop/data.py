@@ -102,7 +102,7 @@ class DataSource:
         return Batches([batch], examples_in=self.examples_in)
 
 
-class TensorBatches(DataSource, Sequence):  # type: ignore[misc]
+class TensorBatches(DataSource, Sequence[Batch]):
     """Tensors sharing an example dimension, seen as a sequence of batches.
 
     Args:
@@ -120,7 +120,7 @@ class TensorBatches(DataSource, Sequence):  # type: ignore[misc]
         in_dims = tuple(in_dims) if in_dims is not None else (0,) * len(data)
         if len(in_dims) != len(data):
             raise ValueError(f"in_dims has {len(in_dims)} entries for {len(data)} inputs")
-        sizes = {t.shape[d] for t, d in zip(data, in_dims) if d is not None}
+        sizes = {t.shape[d] for t, d in zip(data, in_dims, strict=True) if d is not None}
         if not sizes:
             raise TypeError("at least one input must have an example dimension")
         if len(sizes) != 1:
@@ -140,7 +140,10 @@ class TensorBatches(DataSource, Sequence):  # type: ignore[misc]
             raise IndexError(i)
         start = (i % len(self)) * self.batch_size
         stop = min(self._count, start + self.batch_size)
-        return tuple(t if d is None else t.narrow(d, start, stop - start) for t, d in zip(self.data, self.in_dims))
+        return tuple(
+            t if d is None else t.narrow(d, start, stop - start)
+            for t, d in zip(self.data, self.in_dims, strict=True)
+        )
 
     def __iter__(self) -> Iterator[Batch]:
         return (self[i] for i in range(len(self)))
@@ -149,7 +152,7 @@ class TensorBatches(DataSource, Sequence):  # type: ignore[misc]
         return len(self)
 
     def examples_in(self, batch: Batch) -> int:
-        return int(batch[self._axis].shape[self.in_dims[self._axis]])  # type: ignore[index]
+        return int(batch[self._axis].shape[self.in_dims[self._axis]])
 
     def num_examples(self) -> int:
         return self._count
@@ -157,18 +160,53 @@ class TensorBatches(DataSource, Sequence):  # type: ignore[misc]
     def take(self, index: torch.Tensor) -> Batch:
         """The examples at ``index``, as one batch."""
         return tuple(
-            t if d is None else t.index_select(d, index.to(t.device)) for t, d in zip(self.data, self.in_dims)
+            t if d is None else t.index_select(d, index.to(t.device))
+            for t, d in zip(self.data, self.in_dims, strict=True)
         )
 
     def minibatch(self, generator: torch.Generator, batch_size: int | None = None) -> Batch:
         """``batch_size`` distinct examples (default: :attr:`batch_size`) drawn uniformly."""
-        return self.take(_draw_examples(self._count, batch_size or self.batch_size, generator))
+        return self.take(_draw_examples(self._count, batch_size, self.batch_size, generator))
 
 
-def _draw_examples(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
+def _draw_examples(
+    n: int, size: int | None, default: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``size`` (default ``default``) distinct positions among ``n``, drawn uniformly."""
+    if size is None:
+        size = default
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"batch_size must be a positive integer or None, got {size!r}")
     if size > n:
         raise ValueError(f"batch_size {size} exceeds the {n} examples of the dataset")
     return torch.randperm(n, generator=generator)[:size]
+
+
+def _sampler_pool(loader: torch.utils.data.DataLoader) -> Sequence[int] | None:
+    """The dataset indices one pass over ``loader`` draws from, when they are a fixed set (None
+    for an iterable-style dataset)."""
+    data = torch.utils.data
+    dataset, sampler = loader.dataset, loader.sampler
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        return None
+    if not isinstance(loader.batch_sampler, data.BatchSampler):
+        raise TypeError(
+            f"cannot draw minibatches that match a DataLoader with its own batch sampler "
+            f"({type(loader.batch_sampler).__name__}); use tensors (from_data) or a list of batches"
+        )
+    if isinstance(sampler, data.SequentialSampler):
+        kept = len(loader) * loader.batch_size if loader.drop_last else len(dataset)  # type: ignore[operator]
+        return range(kept)
+    if isinstance(sampler, data.RandomSampler) and not sampler.replacement:
+        return range(len(dataset))  # every example is equally likely in a pass
+    if isinstance(sampler, data.SubsetRandomSampler):
+        return list(sampler.indices)
+    if isinstance(sampler, Sequence):  # a list of indices given as the sampler
+        return sampler
+    raise TypeError(
+        f"cannot draw minibatches that match the DataLoader's sampler ({type(sampler).__name__}): "
+        f"its examples are not a fixed set; use tensors (from_data) or a list of batches"
+    )
 
 
 class LoaderData(DataSource):
@@ -179,7 +217,9 @@ class LoaderData(DataSource):
         examples_in: the number of examples of a batch (default: the leading dimension).
     """
 
-    def __init__(self, loader: torch.utils.data.DataLoader, examples_in: Callable[[Batch], int] | None = None) -> None:
+    def __init__(
+        self, loader: torch.utils.data.DataLoader, examples_in: Callable[[Batch], int] | None = None
+    ) -> None:
         super().__init__(examples_in)
         self.loader = loader
 
@@ -193,17 +233,33 @@ class LoaderData(DataSource):
             return None
 
     def num_examples(self) -> int:
-        dataset = self.loader.dataset
-        return len(dataset) if hasattr(dataset, "__len__") else super().num_examples()
+        """The examples one pass yields (counted without a pass when the loader's sampler says
+        how many, else by a pass)."""
+        loader = self.loader
+        if self._examples_in is None and isinstance(
+            loader.batch_sampler, torch.utils.data.BatchSampler
+        ):
+            try:
+                per_pass = len(loader.sampler)  # type: ignore[arg-type]
+            except TypeError:  # an iterable-style dataset
+                return super().num_examples()
+            return len(loader) * loader.batch_size if loader.drop_last else per_pass  # type: ignore[operator]
+        return super().num_examples()
 
     def minibatch(self, generator: torch.Generator, batch_size: int | None = None) -> Batch:
-        """``batch_size`` distinct examples (default: the loader's batch size) of its dataset,
-        collated by its ``collate_fn``."""
-        dataset = self.loader.dataset
-        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        """``batch_size`` distinct examples (default: the loader's batch size), drawn uniformly
+        from those a pass yields (the sampler's indices), collated by its ``collate_fn``.
+
+        Raises:
+            TypeError: for an iterable-style dataset, or a sampler whose examples are not a fixed
+                set (with replacement, weighted, a custom batch sampler).
+        """
+        pool = _sampler_pool(self.loader)
+        if pool is None:
             return super().minibatch(generator, batch_size)
-        idx = _draw_examples(len(dataset), batch_size or self.loader.batch_size or 1, generator)
-        return as_batch(self.loader.collate_fn([dataset[int(i)] for i in idx]))
+        idx = _draw_examples(len(pool), batch_size, self.loader.batch_size or 1, generator)
+        dataset = self.loader.dataset
+        return as_batch(self.loader.collate_fn([dataset[int(pool[int(i)])] for i in idx]))
 
 
 class Batches(DataSource):
@@ -215,7 +271,9 @@ class Batches(DataSource):
         examples_in: the number of examples of a batch (default: the leading dimension).
     """
 
-    def __init__(self, batches: Iterable[Any], examples_in: Callable[[Batch], int] | None = None) -> None:
+    def __init__(
+        self, batches: Iterable[Any], examples_in: Callable[[Batch], int] | None = None
+    ) -> None:
         if iter(batches) is batches:
             raise TypeError(
                 "the batches are a one-shot iterator (a generator?); every product iterates over "
@@ -238,7 +296,9 @@ class Batches(DataSource):
                 "batches given as a list are drawn whole; pass batch_size=None, or build the "
                 "operator with from_data (tensors) to draw examples"
             )
-        return as_batch(self.batches[int(torch.randint(len(self.batches), (1,), generator=generator))])
+        return as_batch(
+            self.batches[int(torch.randint(len(self.batches), (1,), generator=generator))]
+        )
 
 
 class ShardedData(DataSource):
@@ -256,7 +316,9 @@ class ShardedData(DataSource):
         timeout: seconds a collective waits for the other ranks.
     """
 
-    def __init__(self, source: DataSource, process_group: Any, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self, source: DataSource, process_group: Any, timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> None:
         super().__init__(source.examples_in)
         self.source = source
         self.process_group = resolve_group(process_group)
@@ -308,5 +370,7 @@ def as_source(
     else:
         source = Batches(data, examples_in)
     if examples_in is not None and isinstance(data, DataSource):
-        raise ValueError("examples_in applies to DataLoaders and lists; a DataSource counts its own examples")
+        raise ValueError(
+            "examples_in applies to DataLoaders and lists; a DataSource counts its own examples"
+        )
     return ShardedData(source, process_group, timeout) if process_group is not None else source

@@ -23,7 +23,6 @@ Example (run with ``torchrun --nproc_per_node=2 script.py``)::
     x = (H + 1e-3 * IdentityOperator.like(H)).inverse("cg") @ g   # the same x on every rank
 """
 
-
 from __future__ import annotations
 
 import datetime
@@ -60,7 +59,7 @@ def all_reduce_sum(tensor: torch.Tensor, group: Any, timeout: float) -> torch.Te
     try:
         work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group, async_op=True)
         ok = work.wait(timeout=datetime.timedelta(seconds=timeout))
-    except Exception as e:  # noqa: BLE001 - every backend failure means the same thing here
+    except Exception as e:
         raise DistributedError(
             f"an all-reduce over {dist.get_world_size(group)} ranks failed on rank "
             f"{dist.get_rank(group)}: another rank failed, exited or is stuck ({e})"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import torch
 
@@ -28,7 +28,7 @@ from linop.errors import DTypeMismatchError, ShapeMismatchError
 __all__ = ["FlatSpec", "Tree"]
 
 #: A tensor, a dict of tensors, or a tuple / list of tensors.
-Tree = Union[torch.Tensor, dict, tuple, list]
+Tree: TypeAlias = torch.Tensor | dict | tuple | list
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ class FlatSpec:
         """Flatten a tree whose leaves carry a leading batch dimension ``(B, *shape)`` into
         ``(B, size)``."""
         leaves = self._check(tree, batched=True)
-        rows = [t.reshape(t.shape[0], m) for t, m in zip(leaves, self.numels)]  # B may be 0
+        # B may be 0
+        rows = [t.reshape(t.shape[0], m) for t, m in zip(leaves, self.numels, strict=True)]
         return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
 
     def unflatten(self, vector: torch.Tensor) -> Tree:
@@ -87,9 +88,12 @@ class FlatSpec:
             )
         if self.kind == "tensor":
             return vector.reshape(self.shapes[0])
-        parts = [p.reshape(s) for p, s in zip(torch.split(vector, list(self.numels)), self.shapes)]
+        parts = [
+            p.reshape(s)
+            for p, s in zip(torch.split(vector, list(self.numels)), self.shapes, strict=True)
+        ]
         if self.kind == "dict":
-            return dict(zip(self.keys, parts))
+            return dict(zip(self.keys, parts, strict=True))
         return tuple(parts) if self.kind == "tuple" else list(parts)
 
     def _check(self, tree: Tree, batched: bool) -> list[torch.Tensor]:
@@ -101,7 +105,7 @@ class FlatSpec:
         if len(leaves) != len(self.shapes):
             raise ShapeMismatchError(f"expected {len(self.shapes)} tensors, got {len(leaves)}")
         batch = leaves[0].shape[0] if batched and leaves[0].ndim else None
-        for key, leaf, shape in zip(self.keys, leaves, self.shapes):
+        for key, leaf, shape in zip(self.keys, leaves, self.shapes, strict=True):
             got = leaf.shape[1:] if batched else leaf.shape
             if batched and (leaf.ndim == 0 or leaf.shape[0] != batch):
                 raise ShapeMismatchError(

@@ -100,7 +100,9 @@ def lanczos(
     return Q, alpha, beta[: steps - 1]
 
 
-def _ritz(A: LinearOperator, steps: int, seed: int, tol: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _ritz(
+    A: LinearOperator, steps: int, seed: int, tol: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All Ritz pairs ``(V, θ)`` of a ``steps``-step run (``V`` in ``A``'s dtype, ``θ`` float64)."""
     Q, alpha, beta = lanczos(A, steps, seed, tol)
     m = alpha.shape[0]

@@ -33,6 +33,8 @@ from linop.tags import Tags
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse.linalg
 
+    from linop.structured import LowRankOperator
+
 __all__ = ["LinearOperator", "OperatorCache", "DEFAULT_DENSE_BUDGET_BYTES"]
 
 #: Default memory budget of :meth:`LinearOperator.to_dense`, in bytes (1 GiB).
@@ -266,7 +268,7 @@ class LinearOperator:
         """
         return _inverse.InverseOperator(self, method, **options)
 
-    def eigh(self, k: int, **options: Any) -> LinearOperator:
+    def eigh(self, k: int, **options: Any) -> LowRankOperator:
         """The top-``k`` eigenpairs of a symmetric operator as a
         :class:`~linop.structured.LowRankOperator` ``V diag(θ) Vᵀ`` (Lanczos with full
         reorthogonalisation from a seeded start, kept in :attr:`cache`). Options as
@@ -308,9 +310,9 @@ class LinearOperator:
         estimate = m * n * itemsize
         if estimate > max_bytes and not force:
             raise DenseMemoryError(
-                f"materialising {self!r} needs about {_format_bytes(estimate)}, over the budget of "
-                f"{_format_bytes(max_bytes)}; pass to_dense(max_bytes=...) with a larger budget, or "
-                f"force=True, if you really want it"
+                f"materialising {self!r} needs about {_format_bytes(estimate)}, over the budget "
+                f"of {_format_bytes(max_bytes)}; pass to_dense(max_bytes=...) with a larger "
+                f"budget, or force=True, if you really want it"
             )
         return self._to_dense(chunk_size)
 

@@ -29,6 +29,7 @@ from linop.errors import DTypeMismatchError, NegativeCurvatureWarning, ShapeMism
 from linop.flat import FlatSpec
 from linop.kernels import hash as khash
 from linop.operator import LinearOperator
+from linop.structured import DenseOperator
 from linop.tags import Tags
 
 __all__ = [
@@ -115,7 +116,11 @@ class ProjectionOperator(LinearOperator):
             if not features:
                 raise ShapeMismatchError("the feature dict is empty")
             first = next(iter(features.values()))
-            spec = FlatSpec.of({key: t.new_empty(t.shape[1:]) for key, t in features.items()} if first.ndim else features)
+            spec = FlatSpec.of(
+                {key: t.new_empty(t.shape[1:]) for key, t in features.items()}
+                if first.ndim
+                else features
+            )
             features = spec.flatten_batched(features)
         if not isinstance(features, torch.Tensor) or features.ndim != 2:
             raise ShapeMismatchError(
@@ -124,7 +129,8 @@ class ProjectionOperator(LinearOperator):
             )
         if features.shape[1] != self.shape[1]:
             raise ShapeMismatchError(
-                f"features have dimension {features.shape[1]}, the projection expects {self.shape[1]}"
+                f"features have dimension {features.shape[1]}, "
+                f"the projection expects {self.shape[1]}"
             )
         self._check_tensor(features, "features")
         return self._project_rows(features)
@@ -212,7 +218,11 @@ class RandomProjection(ProjectionOperator):
             rows, signs = khash.sjlt_buckets(self.seed, start, stop, self.nnz, k, self.device)
             out = torch.zeros(k, stop - start, dtype=self.compute_dtype, device=self.device)
             cols = torch.arange(stop - start, device=self.device).unsqueeze(0).expand_as(rows)
-            out.index_put_((rows.reshape(-1), cols.reshape(-1)), signs.reshape(-1).to(out.dtype), accumulate=True)
+            out.index_put_(
+                (rows.reshape(-1), cols.reshape(-1)),
+                signs.reshape(-1).to(out.dtype),
+                accumulate=True,
+            )
             return out
         stored = self._stored(start, stop)
         if self.kind == "rademacher":
@@ -237,10 +247,16 @@ class RandomProjection(ProjectionOperator):
             return make()
         if self._store is None:
             self._store = torch.empty(
-                k, 4 * -(-n // 32) if packed else n,
-                dtype=torch.uint8 if packed else self.compute_dtype, device=self.device,
+                k,
+                4 * -(-n // 32) if packed else n,
+                dtype=torch.uint8 if packed else self.compute_dtype,
+                device=self.device,
             )
-        view = self._store[:, start // 8 : 4 * -(-stop // 32)] if packed else self._store[:, start:stop]
+        view = (
+            self._store[:, start // 8 : 4 * -(-stop // 32)]
+            if packed
+            else self._store[:, start:stop]
+        )
         if start not in self._filled:
             view.copy_(make())
             self._filled.add(start)
@@ -261,9 +277,14 @@ class RandomProjection(ProjectionOperator):
         if self.kind == "sjlt":
             return self._sjlt_rows(X)
         if X.is_cuda and self.use_kernel and self.kind == "rademacher":
+            # imported here: it imports Triton, an optional dependency slow to import
             from linop.kernels import triton_projection
 
-            out = triton_projection.project(X, self.seed, self.shape[0]) if triton_projection.available() else None
+            out = (
+                triton_projection.project(X, self.seed, self.shape[0])
+                if triton_projection.available()
+                else None
+            )
             if out is not None:  # None: the kernel cannot serve this dtype here; use the reference
                 return (out * self.scale).to(self.dtype)
         out = torch.zeros(X.shape[0], self.shape[0], dtype=self.compute_dtype, device=X.device)
@@ -288,7 +309,9 @@ class RandomProjection(ProjectionOperator):
         parts = []
         for start, stop in self._blocks():
             if self.kind == "sjlt":
-                rows, signs = khash.sjlt_buckets(self.seed, start, stop, self.nnz, self.shape[0], Y.device)
+                rows, signs = khash.sjlt_buckets(
+                    self.seed, start, stop, self.nnz, self.shape[0], Y.device
+                )
                 parts.append((signs.to(Yc.dtype).unsqueeze(-1) * Yc[rows]).sum(0))
             else:
                 parts.append(self.block(start, stop).mT @ Yc)
@@ -331,7 +354,9 @@ class ArnoldiProjection(ProjectionOperator):
         **options: passed to :meth:`~linop.LinearOperator.eigh` (``maxiter``, ``seed``, ...).
     """
 
-    def __init__(self, operator: LinearOperator, k: int, *, cutoff: float = 1e-6, **options: Any) -> None:
+    def __init__(
+        self, operator: LinearOperator, k: int, *, cutoff: float = 1e-6, **options: Any
+    ) -> None:
         low = operator.eigh(k, **options)
         values = low.values
         big = float(values.abs().max()) if values.numel() else 0.0
@@ -352,6 +377,4 @@ class ArnoldiProjection(ProjectionOperator):
         return self.weights.unsqueeze(1) * (self.vectors.mT @ X)
 
     def _adjoint(self) -> LinearOperator:
-        from linop.structured import DenseOperator
-
         return DenseOperator(self.vectors * self.weights, Tags())

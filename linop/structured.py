@@ -67,7 +67,8 @@ class DenseOperator(LinearOperator):
         if tags is None:
             square = matrix.shape[0] == matrix.shape[1]
             tags = Tags(symmetric=bool(square and torch.equal(matrix, matrix.mT)))
-        super().__init__(tuple(matrix.shape), matrix.dtype, matrix.device, tags)
+        m, n = matrix.shape
+        super().__init__((m, n), matrix.dtype, matrix.device, tags)
         self.matrix: torch.Tensor = matrix
 
     def _matmat(self, X: torch.Tensor) -> torch.Tensor:

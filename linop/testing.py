@@ -20,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.sparse.linalg as spla
 import torch
@@ -38,7 +40,9 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
-def check_operator(op: LinearOperator, dense: torch.Tensor, rtol: float = 1e-9, seed: int = 0) -> None:
+def check_operator(
+    op: LinearOperator, dense: torch.Tensor, rtol: float = 1e-9, seed: int = 0
+) -> None:
     """Check ``op`` against its ``(m, n)`` matrix ``dense`` (float64 recommended): matvec,
     matmat, row-vector products, the adjoint identity, the algebra, to_dense, its tags, and
     to_scipy with scipy's ``eigsh`` and ``cg`` on square symmetric ones.
@@ -56,7 +60,7 @@ def check_operator(op: LinearOperator, dense: torch.Tensor, rtol: float = 1e-9, 
     m, n = dense.shape
     assert op.shape == (m, n)
     assert op.dtype == dense.dtype
-    kw = dict(dtype=op.dtype, generator=g)
+    kw: dict[str, Any] = {"dtype": op.dtype, "generator": g}
     x, X = torch.randn(n, **kw), torch.randn(n, 3, **kw)
     y, Y = torch.randn(m, **kw), torch.randn(m, 3, **kw)
 
@@ -89,7 +93,9 @@ def check_operator(op: LinearOperator, dense: torch.Tensor, rtol: float = 1e-9, 
         lam = 0.7
         R = op + lam * IdentityOperator.like(op)
         assert_close(R @ X, dense @ X + lam * X, rtol)
-        assert_close(op.regularize(lam).to_dense(), dense + lam * torch.eye(n, dtype=dense.dtype), rtol)
+        assert_close(
+            op.regularize(lam).to_dense(), dense + lam * torch.eye(n, dtype=dense.dtype), rtol
+        )
 
     # tags are sound for the dense matrix
     if op.tags.symmetric:

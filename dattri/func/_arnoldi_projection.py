@@ -208,5 +208,6 @@ def arnoldi_project(
 
     return _arnoldi_project_func
 
+
 #: linop's warnings point past this module, at its caller (see linop._warn)
 __linop_wrapper__ = True

@@ -86,5 +86,6 @@ class AbstractProjector(ABC):
     def free_memory(self) -> None:
         """Release memory held by the projector."""
 
+
 #: linop's warnings point past this module, at its caller (see linop._warn)
 __linop_wrapper__ = True

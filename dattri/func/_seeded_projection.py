@@ -108,7 +108,9 @@ class SeededBlockProjection(ProjectionOperator):
         _validate(kind, SEEDED_KINDS, dtype, n, k)
         sample_dtype = dtype if sample_dtype is None else sample_dtype
         if not sample_dtype.is_floating_point or sample_dtype.is_complex:
-            raise DTypeMismatchError(f"sample_dtype must be a real floating dtype, got {sample_dtype}")
+            raise DTypeMismatchError(
+                f"sample_dtype must be a real floating dtype, got {sample_dtype}"
+            )
         if block_size < 1:
             raise ValueError(f"block_size must be positive, got {block_size}")
         super().__init__((k, n), dtype, device, Tags())
@@ -222,6 +224,7 @@ class SeededBlockProjection(ProjectionOperator):
 
     def _repr_args(self) -> str:
         return f"kind={self.kind!r}, seed={self.seed}, block_size={self.rows_per_block}"
+
 
 #: linop's warnings point past this module, at its caller (see linop._warn)
 __linop_wrapper__ = True

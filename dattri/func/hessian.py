@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any, Optional, Tuple, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -57,13 +57,16 @@ def _check_mode(mode: str) -> None:
         raise IHVPUsageError("`mode` should be either 'rev-rev' or 'rev-fwd'.")
 
 
-def _operator(func: Callable, x: Tuple[Any, ...], argnums: int, mode: str) -> linop.HessianOperator:
+def _operator(func: Callable, x: tuple[Any, ...], argnums: int, mode: str) -> linop.HessianOperator:
     _refuse_transforms(x, "x")
     return linop.HessianOperator(func, tuple(x), argnums, mode)
 
 
 def _at_each_x(at_x: Callable, func: Callable, **options: Any) -> Callable:
-    """dattri's ``f(x, v)`` form of an ``ihvp_at_x_*`` function: the Hessian at each call's ``x``."""
+    """dattri's ``f(x, v)`` form of an ``ihvp_at_x_*`` function.
+
+    The Hessian is taken at each call's ``x``.
+    """
     return lambda x, v: at_x(func, *x, **options)(v)
 
 
@@ -117,7 +120,7 @@ def hvp(
     """
     _check_mode(mode)
 
-    def _hvp(x: Tuple[Any, ...], v: Tensor) -> Tensor:
+    def _hvp(x: tuple[Any, ...], v: Tensor) -> Tensor:
         return _linop_hvp(func, tuple(x), v, argnums, mode) + regularization * v
 
     return _hvp
@@ -125,7 +128,7 @@ def hvp(
 
 def hvp_at_x(
     func: Callable,
-    x: Tuple[torch.Tensor, ...],
+    x: tuple[torch.Tensor, ...],
     argnums: int = 0,
     mode: str = "rev-rev",
     regularization: float = 0.0,
@@ -149,7 +152,7 @@ def hvp_at_x(
 
 
 def _apply_rows(inv: linop.LinearOperator, v: Tensor) -> Tensor:
-    """``inv`` applied to the rows of ``v`` (``(d,)`` stays ``(d,)``, ``(k, d)`` stays ``(k, d)``)."""
+    """``inv`` applied to the rows of ``v``, keeping its shape ``(d,)`` or ``(k, d)``."""
     return inv @ v if v.ndim == 1 else (inv @ v.mT).mT
 
 
@@ -163,7 +166,7 @@ def ihvp_explicit(func: Callable, argnums: int = 0, regularization: float = 0.0)
 def ihvp_at_x_explicit(
     func: Callable,
     *x: Any,
-    argnums: Union[int, Tuple[int, ...]] = 0,
+    argnums: int | tuple[int, ...] = 0,
     regularization: float = 0.0,
 ) -> Callable:
     """IHVP at fixed inputs: the Hessian is materialised and factorised once. Returns ``f(v)``.
@@ -173,7 +176,9 @@ def ihvp_at_x_explicit(
     """
     if isinstance(argnums, tuple):
         if len(argnums) != 1:
-            raise IHVPUsageError("ihvp_at_x_explicit supports one argnums; concatenate inputs instead")
+            raise IHVPUsageError(
+                "ihvp_at_x_explicit supports one argnums; concatenate inputs instead"
+            )
         argnums = argnums[0]
     H = _operator(func, x, argnums, "rev-rev")
     inv = H.regularize(regularization).inverse("explicit")
@@ -192,8 +197,15 @@ def ihvp_cg(
     ``(k, d)``. Every column stops when its residual norm is at most ``tol`` or after
     ``max_iter`` iterations (starting from ``x0 = v``, as dattri)."""
 
-    return _at_each_x(ihvp_at_x_cg, func, argnums=argnums, max_iter=max_iter, tol=tol, mode=mode,
-                      regularization=regularization)
+    return _at_each_x(
+        ihvp_at_x_cg,
+        func,
+        argnums=argnums,
+        max_iter=max_iter,
+        tol=tol,
+        mode=mode,
+        regularization=regularization,
+    )
 
 
 def ihvp_at_x_cg(
@@ -232,10 +244,14 @@ def _same(B: Tensor) -> Tensor:
     return B
 
 
-def _arnoldi_inverse(H: linop.LinearOperator, max_iter: int, top_k: int, regularization: float) -> linop.LinearOperator:
+def _arnoldi_inverse(
+    H: linop.LinearOperator, max_iter: int, top_k: int, regularization: float
+) -> linop.LinearOperator:
     n = H.shape[0]
     steps = max(1, min(n, max_iter - 1))  # dattri: max_iter − 1 Krylov vectors
-    return H.regularize(regularization).inverse("arnoldi", rank=min(top_k, steps), maxiter=steps, seed=0)
+    return H.regularize(regularization).inverse(
+        "arnoldi", rank=min(top_k, steps), maxiter=steps, seed=0
+    )
 
 
 def ihvp_arnoldi(
@@ -250,8 +266,15 @@ def ihvp_arnoldi(
     as dattri's default) and returns ``(1, d)`` or ``(k, d)``. ``tol`` is accepted for
     compatibility; breakdown is detected relative to the Hessian's scale."""
 
-    return _at_each_x(ihvp_at_x_arnoldi, func, argnums=argnums, max_iter=max_iter, tol=tol, mode=mode,
-                      regularization=regularization)
+    return _at_each_x(
+        ihvp_at_x_arnoldi,
+        func,
+        argnums=argnums,
+        max_iter=max_iter,
+        tol=tol,
+        mode=mode,
+        regularization=regularization,
+    )
 
 
 def ihvp_at_x_arnoldi(
@@ -280,9 +303,18 @@ def ihvp_at_x_arnoldi(
 
 
 def _lissa(
-    func: Callable, x: Tuple[Any, ...], v: Tensor, in_dims: Optional[Tuple], argnums: int,
-    batch_size: int, num_repeat: int, recursion_depth: int, damping: float, scaling: float,
-    collate_fn: Optional[Callable], mode: str,
+    func: Callable,
+    x: tuple[Any, ...],
+    v: Tensor,
+    in_dims: tuple | None,
+    argnums: int,
+    batch_size: int,
+    num_repeat: int,
+    recursion_depth: int,
+    damping: float,
+    scaling: float,
+    collate_fn: Callable | None,
+    mode: str,
 ) -> Tensor:
     x = tuple(x)
     _refuse_transforms(x, "x")
@@ -290,7 +322,7 @@ def _lissa(
         in_dims = (0,) * len(x)
     if len(in_dims) != len(x):
         raise IHVPUsageError("Length of `in_dim` mismatches length of `*x`.")
-    sizes = {t.shape[d] for t, d in zip(x, in_dims) if d is not None}
+    sizes = {t.shape[d] for t, d in zip(x, in_dims, strict=True) if d is not None}
     if len(sizes) > 1:
         raise IHVPUsageError(f"Input batch size mismatch! Found sizes {sorted(sizes)}.")
     # As dattri, ``argnums`` names an argument of ``func``: one of the collated inputs. The
@@ -308,12 +340,17 @@ def _lissa(
         H: linop.LinearOperator = linop.HessianOperator(f, (theta, *x), 0, mode)
     else:  # a batch larger than the data is the whole data, as dattri's sampling gives
         batch_size = min(batch_size, next(iter(sizes)))
-        H = linop.HessianOperator.from_data(f, theta, x, batch_size, 0, mode, in_dims=tuple(in_dims))
+        H = linop.HessianOperator.from_data(
+            f, theta, x, batch_size, 0, mode, in_dims=tuple(in_dims)
+        )
     # dattri's recursion h ← v + (1 − damping) h − H h / scaling has the fixed point
     # (H + damping·scaling·I)⁻¹ v: exactly linop's LiSSA on H + damping·scaling·I.
     inv = H.regularize(damping * scaling).inverse(
-        "lissa", depth=recursion_depth + 1, repeats=num_repeat,
-        batch_size=batch_size if sizes else None, scale=scaling,
+        "lissa",
+        depth=recursion_depth + 1,
+        repeats=num_repeat,
+        batch_size=batch_size if sizes else None,
+        scale=scaling,
         seed=int(torch.randint(2**31 - 1, (1,))),
     )
     return (inv @ _rows(v).mT).mT
@@ -327,7 +364,7 @@ def ihvp_lissa(
     recursion_depth: int = 5000,
     damping: int = 0.0,
     scaling: int = 50.0,
-    collate_fn: Optional[Callable] = None,
+    collate_fn: Callable | None = None,
     mode: str = "rev-rev",
 ) -> Callable:
     """LiSSA IHVP: ``f(x, v, in_dims=None)`` with ``x`` the full dataset tuple; minibatches of
@@ -341,9 +378,21 @@ def ihvp_lissa(
     """
     _check_mode(mode)
 
-    def _ihvp(x: Tuple[Any, ...], v: Tensor, in_dims: Optional[Tuple] = None) -> Tensor:
-        return _lissa(func, x, v, in_dims, argnums, batch_size, num_repeat, recursion_depth,
-                      damping, scaling, collate_fn, mode)
+    def _ihvp(x: tuple[Any, ...], v: Tensor, in_dims: tuple | None = None) -> Tensor:
+        return _lissa(
+            func,
+            x,
+            v,
+            in_dims,
+            argnums,
+            batch_size,
+            num_repeat,
+            recursion_depth,
+            damping,
+            scaling,
+            collate_fn,
+            mode,
+        )
 
     return _ihvp
 
@@ -351,24 +400,37 @@ def ihvp_lissa(
 def ihvp_at_x_lissa(
     func: Callable,
     *x: Any,
-    in_dims: Optional[Tuple] = None,
+    in_dims: tuple | None = None,
     argnums: int = 0,
     batch_size: int = 1,
     num_repeat: int = 1,
     recursion_depth: int = 5000,
     damping: int = 0.0,
     scaling: int = 50.0,
-    collate_fn: Optional[Callable] = None,
+    collate_fn: Callable | None = None,
     mode: str = "rev-rev",
 ) -> Callable:
     """LiSSA IHVP at fixed inputs ``x`` (the whole dataset): ``f(v)``; see :func:`ihvp_lissa`."""
 
     def _ihvp(v: Tensor) -> Tensor:
         _check_mode(mode)
-        return _lissa(func, x, v, in_dims, argnums, batch_size, num_repeat, recursion_depth,
-                      damping, scaling, collate_fn, mode)
+        return _lissa(
+            func,
+            x,
+            v,
+            in_dims,
+            argnums,
+            batch_size,
+            num_repeat,
+            recursion_depth,
+            damping,
+            scaling,
+            collate_fn,
+            mode,
+        )
 
     return _ihvp
+
 
 #: linop's warnings point past this module, at its caller (see linop._warn)
 __linop_wrapper__ = True

@@ -39,8 +39,8 @@ from linop import (
 )
 
 from ._arnoldi_projection import ArnoldiProjector, arnoldi_project
-from ._seeded_projection import SeededBlockProjection
 from ._projector_base import AbstractProjector, ProjectionType, _as_rows, _linop_kind
+from ._seeded_projection import SeededBlockProjection
 from .utils import _vectorize, get_parameter_chunk_sizes  # noqa: F401 - re-exported as dattri
 
 #: dattri's module-level alias of :func:`dattri.func.utils._vectorize`.
@@ -65,7 +65,9 @@ _CUDA_ENSEMBLE_STRIDE = 10_000
 
 
 class BasicProjector(AbstractProjector):
-    """dattri's block-wise seeded projector, on :class:`~dattri.func._seeded_projection.SeededBlockProjection`.
+    """dattri's block-wise seeded projector.
+
+    Built on :class:`~dattri.func._seeded_projection.SeededBlockProjection`.
 
     The matrix is dattri 0.2.0's: output rows in blocks of ``min(proj_dim, block_size)``, block
     ``i`` drawn in ``dtype`` from a generator seeded ``seed + 1000 i + 100000 ensemble_id``,
@@ -135,7 +137,8 @@ class BasicProjector(AbstractProjector):
         Returns:
             ``(B, proj_dim)`` in the projector's ``dtype``.
         """
-        if isinstance(features, Tensor) and features.ndim == 1:  # one vector: (proj_dim,), as dattri
+        # one vector: (proj_dim,), as dattri
+        if isinstance(features, Tensor) and features.ndim == 1:
             return self.project(features.unsqueeze(0), ensemble_id)[0]
         if ensemble_id != self.ensemble_id:
             self.ensemble_id = ensemble_id
@@ -305,7 +308,7 @@ class ChunkedCudaProjector:
             )
         out = torch.zeros(rows.shape[0], self.proj_dim, dtype=self.dtype, device=rows.device)
         start = 0
-        for projector, width in zip(self.projector_per_chunk, self.dim_per_chunk):
+        for projector, width in zip(self.projector_per_chunk, self.dim_per_chunk, strict=False):
             chunk = rows[:, start : start + width].contiguous()
             out += projector.project(chunk, ensemble_id=ensemble_id).to(self.dtype)
             start += width
@@ -389,13 +392,13 @@ def random_project(
     """Randomly project features to ``proj_dim`` dimensions.
 
     On the CPU the matrix is dattri 0.2.0's (unscaled N(0, 1) entries from
-    :class:`~dattri.func._seeded_projection.SeededBlockProjection`), so the numbers equal dattri's for the same seed up to
-    rounding: the product is computed in float32 and, with ``use_half_precision``, returned in
-    float16. On CUDA the matrix is linop's seeded ±1 Rademacher projection
-    (``ProjectionOperator.random(..., kind="rademacher")``, Triton kernel when available), which
-    needs no ``fast_jl``; its numbers differ from fast_jl's, and the result is float16 or float32
-    as on the CPU. ``proj_max_batch_size`` only bounds how many rows the CUDA path projects at
-    once.
+    :class:`~dattri.func._seeded_projection.SeededBlockProjection`), so the numbers equal
+    dattri's for the same seed up to rounding: the product is computed in float32 and, with
+    ``use_half_precision``, returned in float16. On CUDA the matrix is linop's seeded ±1
+    Rademacher projection (``ProjectionOperator.random(..., kind="rademacher")``, Triton kernel
+    when available), which needs no ``fast_jl``; its numbers differ from fast_jl's, and the result
+    is float16 or float32 as on the CPU. ``proj_max_batch_size`` only bounds how many rows the
+    CUDA path projects at once.
 
     Args:
         feature: an example of the features: a ``(feature_batch_size, feature_dim)`` tensor or
@@ -440,6 +443,7 @@ def random_project(
         return projector.project(feature, ensemble_id)
 
     return _random_project_func
+
 
 #: linop's warnings point past this module, at its caller (see linop._warn)
 __linop_wrapper__ = True

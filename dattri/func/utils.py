@@ -210,7 +210,7 @@ def _unflatten_params_layerwise(
     if not params:
         return {}
     spec = FlatSpec.of(params)
-    layout = enumerate(zip(spec.keys, spec.shapes))
+    layout = enumerate(zip(spec.keys, spec.shapes, strict=True))
     return {key: tensors[i].view(shape) for i, (key, shape) in layout}
 
 
@@ -297,6 +297,7 @@ def partial_param(
         return wrapped
 
     return decorator
+
 
 #: linop's warnings point past this module, at its caller (see linop._warn)
 __linop_wrapper__ = True

@@ -44,7 +44,10 @@ class ModuleLoss:
     """
 
     def __init__(
-        self, model: torch.nn.Module, loss_fn: Callable[[torch.Tensor, Any], torch.Tensor], buffers: dict[str, torch.Tensor]
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[[torch.Tensor, Any], torch.Tensor],
+        buffers: dict[str, torch.Tensor],
     ) -> None:
         self.model, self.loss_fn, self.buffers = model, loss_fn, buffers
 

@@ -61,8 +61,8 @@ class CurvatureOperator(LinearOperator):
         for i, t in enumerate(self.batch):
             if isinstance(t, torch.Tensor) and t.device.type != self.device.type:
                 raise DeviceMismatchError(
-                    f"the parameters are on {self.device} but input {i} of the batch is on {t.device}; "
-                    f"move the data to {self.device}"
+                    f"the parameters are on {self.device} but input {i} of the batch is on "
+                    f"{t.device}; move the data to {self.device}"
                 )
 
     def loss(self, theta: torch.Tensor) -> torch.Tensor:

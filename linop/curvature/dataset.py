@@ -53,17 +53,24 @@ class DatasetMean(LinearOperator):
         data: the data source.
     """
 
-    def __init__(self, at: LinearOperator | Callable[[Batch], LinearOperator], data: Any, *, progress: bool = False) -> None:
+    def __init__(
+        self,
+        at: LinearOperator | Callable[[Batch], LinearOperator],
+        data: Any,
+        *,
+        progress: bool = False,
+    ) -> None:
         self.data: DataSource = as_source(data)
-        if isinstance(at, LinearOperator):
-            like, at = at, at.at  # type: ignore[attr-defined]
+        at_batch: Callable[[Batch], LinearOperator]
+        if isinstance(at, LinearOperator):  # duck-typed: any operator with an at(batch) method
+            like, at_batch = at, at.at  # type: ignore[attr-defined]
         else:
             first = next(iter(self.data), None)
             if first is None:
                 raise ValueError("the dataset has no batches")
-            like = at(first)
+            like, at_batch = at(first), at
         super().__init__(like.shape, like.dtype, like.device, like.tags)
-        self.at: Callable[[Batch], LinearOperator] = at
+        self.at = at_batch
         self.like = like
         self.progress = progress
 
@@ -77,14 +84,22 @@ class DatasetMean(LinearOperator):
         """The one-batch operator's point, flat."""
         return self.like.params  # type: ignore[attr-defined]
 
-    def mean(self, per_batch: Callable[[LinearOperator], torch.Tensor], columns: int) -> torch.Tensor:
+    def mean(
+        self, per_batch: Callable[[LinearOperator], torch.Tensor], columns: int
+    ) -> torch.Tensor:
         """``Σ_b n_b f(A(b)) / Σ_b n_b`` for a function ``f`` giving ``(m, columns)`` tensors."""
         total = torch.zeros(self.shape[0], columns, dtype=self.dtype, device=self.device)
         count = 0
-        batches = tqdm(self.data, total=self.data.num_batches(), desc="batches", disable=not self.progress, leave=False)
+        batches = tqdm(
+            self.data,
+            total=self.data.num_batches(),
+            desc="batches",
+            disable=not self.progress,
+            leave=False,
+        )
         for batch in batches:
             nb = self.data.examples_in(batch)
-            total += per_batch(self.at(batch)) * nb
+            total = total + per_batch(self.at(batch)) * nb  # out of place: vmap works
             count += nb
         total, count = self.data.reduce(total, count)
         if count == 0:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch.func import grad, vjp, vmap, jvp
+from torch.func import grad, jvp, vjp, vmap
 
 from linop._tensor import all_finite
 from linop.curvature._autodiff import MODES, as_scalar, check_mode, hvp
@@ -94,7 +94,11 @@ class HessianOperator(CurvatureOperator):
         check_mode(mode)
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
-        super().__init__(primals[argnums], primals[:argnums] + primals[argnums + 1 :], Tags(symmetric=True, psd=psd))
+        super().__init__(
+            primals[argnums],
+            primals[:argnums] + primals[argnums + 1 :],
+            Tags(symmetric=True, psd=psd),
+        )
         self.func = func
         self.argnums = argnums
         self.mode = mode
@@ -116,13 +120,18 @@ class HessianOperator(CurvatureOperator):
         """Evaluate the loss once at the point: scalar and finite, or a clear error. With the
         cached ``rev-rev`` linearisation, it is built in the same pass."""
         if self.cache_linearization and self.mode == "rev-rev":
-            _, pullback, value = vjp(grad(self._loss_with_aux, has_aux=True), self.params, has_aux=True)
+            # torch.func.vjp is annotated without an overload on has_aux: 2 or 3 values.
+            _, pullback, value = vjp(  # type: ignore[misc]
+                grad(self._loss_with_aux, has_aux=True), self.params, has_aux=True
+            )
             self._linearized = lambda v: pullback(v)[0]
         else:
             with torch.no_grad():
                 value = self.loss(self.params)
         if not bool(torch.isfinite(value)):
-            raise NonFiniteError(f"the loss is {value.item()} at the given parameters; a Hessian there is undefined")
+            raise NonFiniteError(
+                f"the loss is {value.item()} at the given parameters; a Hessian there is undefined"
+            )
 
     def at(self, batch: Any) -> HessianOperator:
         """The Hessian at another batch (same point and options; no cached linearisation)."""
@@ -147,7 +156,7 @@ class HessianOperator(CurvatureOperator):
             return lambda v: jvp(g, (theta,), (v,))[1]
         if not self.cache_linearization:
             return lambda v: vjp(g, theta)[1](v)[0]
-        _, pullback = vjp(g, theta)
+        pullback = vjp(g, theta)[1]
         self._linearized = lambda v: pullback(v)[0]
         return self._linearized
 
@@ -212,12 +221,23 @@ class HessianOperator(CurvatureOperator):
                 shards (see :class:`linop.data.ShardedData`).
             timeout: seconds a collective waits for the other ranks before it fails.
         """
-        source = as_source(batches, examples_in=batch_size_of, process_group=process_group, timeout=timeout)
+        source = as_source(
+            batches, examples_in=batch_size_of, process_group=process_group, timeout=timeout
+        )
         first = next(iter(source), None)
         if first is None:
             raise ValueError("the dataset has no batches")
-        primals = first[:argnums] + (params,) + first[argnums:]
-        template = cls(func, primals, argnums, mode, chunk_size=chunk_size, cache=False, psd=psd, vectorize=vectorize)
+        primals = (*first[:argnums], params, *first[argnums:])
+        template = cls(
+            func,
+            primals,
+            argnums,
+            mode,
+            chunk_size=chunk_size,
+            cache=False,
+            psd=psd,
+            vectorize=vectorize,
+        )
         return DatasetMean(template, source, progress=progress)
 
     @classmethod
@@ -238,7 +258,9 @@ class HessianOperator(CurvatureOperator):
         evaluated in batches of ``batch_size`` (a :class:`~linop.data.TensorBatches`). Options as
         :meth:`from_batches`. Minibatches for stochastic methods are drawn example by example.
         """
-        return cls.from_batches(func, params, TensorBatches(data, batch_size, in_dims), argnums, mode, **options)
+        return cls.from_batches(
+            func, params, TensorBatches(data, batch_size, in_dims), argnums, mode, **options
+        )
 
     @classmethod
     def from_module(

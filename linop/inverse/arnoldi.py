@@ -16,7 +16,15 @@ import torch
 from linop._warn import warn
 from linop.algebra import split_shift
 from linop.errors import NegativeCurvatureWarning
-from linop.inverse.base import SolveInfo, SolverOptions, StopReason, Strategy, non_negative, positive_int, register
+from linop.inverse.base import (
+    SolveInfo,
+    SolverOptions,
+    StopReason,
+    Strategy,
+    non_negative,
+    positive_int,
+    register,
+)
 from linop.lanczos import eigh
 
 __all__ = ["ArnoldiOptions", "ArnoldiStrategy"]
@@ -32,7 +40,8 @@ def _reciprocals(d: torch.Tensor, cutoff: float, what: str) -> torch.Tensor:
         warn(
             f"{what}: {int(small.sum())} eigenvalue(s) θ + λ within {cutoff:g}·max|θ + λ| of zero "
             f"were dropped and {int(negative.sum())} negative one(s) inverted as they are; the "
-            f"operator is not positive definite on its top eigenspace. A larger shift λ avoids this",
+            f"operator is not positive definite on its top eigenspace. "
+            f"A larger shift λ avoids this",
             NegativeCurvatureWarning,
         )
     return torch.where(small, torch.zeros_like(d), 1 / torch.where(small, torch.ones_like(d), d))
@@ -85,7 +94,9 @@ class ArnoldiStrategy(Strategy):
         if o.complement and self.shift <= 0:
             raise ValueError("complement=True needs a shift λ > 0: it adds (I − VVᵀ)/λ")
         rank = min(o.rank, self.operator.shape[0])
-        self.low, hvps = eigh(self.operator, rank, maxiter=o.maxiter, seed=o.seed, tol=o.tol, which=o.which)
+        self.low, hvps = eigh(
+            self.operator, rank, maxiter=o.maxiter, seed=o.seed, tol=o.tol, which=o.which
+        )
         self.inv_values = _reciprocals(self.low.values, o.cutoff, "arnoldi inverse")
         return hvps
 

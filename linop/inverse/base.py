@@ -87,7 +87,9 @@ class SolveInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def unchecked(cls, method: str, k: int, iterations: int, reason: StopReason, hvps: int = 0) -> SolveInfo:
+    def unchecked(
+        cls, method: str, k: int, iterations: int, reason: StopReason, hvps: int = 0
+    ) -> SolveInfo:
         """The report of a method that computes no residual: NaN residuals, every column done."""
         return cls(
             method=method,
@@ -137,7 +139,9 @@ class SolverOptions:
         unknown = sorted(set(options) - set(names))
         if unknown:
             valid = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
-            raise TypeError(f"unknown option(s) {unknown} for method {cls.method!r}; valid options: {valid}")
+            raise TypeError(
+                f"unknown option(s) {unknown} for method {cls.method!r}; valid options: {valid}"
+            )
         return cls(**options)
 
     def changed(self) -> dict[str, Any]:
@@ -156,7 +160,10 @@ def _check(condition: bool, message: str) -> None:
 
 def non_negative(name: str, value: float) -> None:
     """``value ≥ 0`` (and a number), or a ``ValueError`` naming the option."""
-    _check(isinstance(value, (int, float)) and value >= 0, f"{name} must be a non-negative number, got {value!r}")
+    _check(
+        isinstance(value, (int, float)) and value >= 0,
+        f"{name} must be a non-negative number, got {value!r}",
+    )
 
 
 def positive_int(name: str, value: int | None, allow_none: bool = True) -> None:
@@ -164,7 +171,9 @@ def positive_int(name: str, value: int | None, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    _check(ok, f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+    _check(
+        ok, f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}"
+    )
 
 
 class Strategy:

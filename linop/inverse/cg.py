@@ -83,13 +83,19 @@ class CGOptions(SolverOptions):
     def validate(self) -> None:
         non_negative("rtol", self.rtol)
         non_negative("atol", self.atol)
-        if self.maxiter is not None and not (isinstance(self.maxiter, int) and self.maxiter >= 0):
-            raise ValueError(f"maxiter must be a non-negative integer or None, got {self.maxiter!r}")
+        if self.maxiter is not None and (
+            isinstance(self.maxiter, bool) or not isinstance(self.maxiter, int) or self.maxiter < 0
+        ):
+            raise ValueError(
+                f"maxiter must be a non-negative integer or None, got {self.maxiter!r}"
+            )
         positive_int("rank", self.rank, allow_none=False)
         positive_int("arnoldi_maxiter", self.arnoldi_maxiter)
         positive_int("check_every", self.check_every)
         if not (self.x0 is None or isinstance(self.x0, torch.Tensor) or callable(self.x0)):
-            raise TypeError(f"x0 must be a torch.Tensor, a callable or None, got {type(self.x0).__name__}")
+            raise TypeError(
+                f"x0 must be a torch.Tensor, a callable or None, got {type(self.x0).__name__}"
+            )
         M = self.preconditioner
         if isinstance(M, str) and M not in PRECONDITIONERS:
             raise ValueError(
@@ -113,7 +119,9 @@ class CGStrategy(Strategy):
 
     def _setup(self) -> int:
         o = self.options
-        self.M, hvps = as_preconditioner(o.preconditioner, self.operator, o.rank, o.arnoldi_maxiter, o.seed)
+        self.M, hvps = as_preconditioner(
+            o.preconditioner, self.operator, o.rank, o.arnoldi_maxiter, o.seed
+        )
         return hvps
 
     def solve(self, B: torch.Tensor) -> tuple[torch.Tensor, SolveInfo]:
@@ -190,20 +198,38 @@ class CGStrategy(Strategy):
         self.operator._check_tensor(x0, "x0")
         X = x0.unsqueeze(1) if x0.ndim == 1 else x0
         if X.shape[0] != B.shape[0] or X.shape[1] not in (1, B.shape[1]):
-            raise ShapeMismatchError(f"x0 of shape {tuple(x0.shape)} does not match b of shape {tuple(B.shape)}")
+            raise ShapeMismatchError(
+                f"x0 of shape {tuple(x0.shape)} does not match b of shape {tuple(B.shape)}"
+            )
         return X.expand_as(B).clone()
 
-    def _info(self, R, recursive, bnorm, threshold, iters, curvature, hvps) -> SolveInfo:  # noqa: ANN001
+    def _info(
+        self,
+        R: torch.Tensor,
+        recursive: torch.Tensor,
+        bnorm: torch.Tensor,
+        threshold: torch.Tensor,
+        iters: torch.Tensor,
+        curvature: torch.Tensor,
+        hvps: int,
+    ) -> SolveInfo:
         rnorm = R.norm(dim=0)
         converged = (rnorm <= threshold) & ~curvature
         drifted = (recursive <= threshold) & ~converged & ~curvature
         residuals = rnorm / torch.where(bnorm > 0, bnorm, 1)
-        curved = StopReason.ZERO_CURVATURE if self.options.indefinite else StopReason.NEGATIVE_CURVATURE
-        reasons = [
-            curved if curv else StopReason.CONVERGED if conv else
-            StopReason.ATTAINABLE_ACCURACY if drift else StopReason.MAXITER
-            for conv, curv, drift in zip(converged.tolist(), curvature.tolist(), drifted.tolist())
-        ]
+        curved = (
+            StopReason.ZERO_CURVATURE if self.options.indefinite else StopReason.NEGATIVE_CURVATURE
+        )
+
+        def reason(conv: bool, curv: bool, drift: bool) -> StopReason:
+            if curv:
+                return curved
+            if conv:
+                return StopReason.CONVERGED
+            return StopReason.ATTAINABLE_ACCURACY if drift else StopReason.MAXITER
+
+        flags = zip(converged.tolist(), curvature.tolist(), drifted.tolist(), strict=True)
+        reasons = [reason(*f) for f in flags]
         k, n_curv, n_drift = len(reasons), int(curvature.sum()), int(drifted.sum())
         n_slow = reasons.count(StopReason.MAXITER)
         if n_drift:

@@ -14,7 +14,15 @@ import torch
 
 from linop._warn import warn
 from linop.errors import NegativeCurvatureWarning, SingularOperatorError
-from linop.inverse.base import SolveInfo, SolverOptions, StopReason, Strategy, non_negative, positive_int, register
+from linop.inverse.base import (
+    SolveInfo,
+    SolverOptions,
+    StopReason,
+    Strategy,
+    non_negative,
+    positive_int,
+    register,
+)
 from linop.operator import DEFAULT_DENSE_BUDGET_BYTES
 
 __all__ = ["ExplicitOptions", "ExplicitStrategy"]

@@ -25,7 +25,14 @@ from tqdm.auto import tqdm
 from linop.algebra import split_shift
 from linop.curvature.dataset import DatasetMean
 from linop.errors import DivergenceError
-from linop.inverse.base import SolveInfo, SolverOptions, StopReason, Strategy, positive_int, register
+from linop.inverse.base import (
+    SolveInfo,
+    SolverOptions,
+    StopReason,
+    Strategy,
+    positive_int,
+    register,
+)
 from linop.operator import LinearOperator
 
 __all__ = ["LissaOptions", "LissaStrategy"]
@@ -113,10 +120,16 @@ class LissaStrategy(Strategy):
         bar.close()
         X = total / (o.repeats * s)
         hvps = (o.depth - 1) * o.repeats * k
-        return X, SolveInfo.unchecked(self.name, k, o.depth * o.repeats, StopReason.FIXED_DEPTH, hvps)
+        return X, SolveInfo.unchecked(
+            self.name, k, o.depth * o.repeats, StopReason.FIXED_DEPTH, hvps
+        )
 
     def _check(
-        self, inc: torch.Tensor, first: torch.Tensor, low_h: tuple[torch.Tensor, torch.Tensor] | None, step: int
+        self,
+        inc: torch.Tensor,
+        first: torch.Tensor,
+        low_h: tuple[torch.Tensor, torch.Tensor] | None,
+        step: int,
     ) -> None:
         factor = self.options.divergence_factor
         bad = ~torch.isfinite(inc) | (inc > factor * first.clamp_min(torch.finfo(inc.dtype).tiny))
@@ -135,8 +148,9 @@ class LissaStrategy(Strategy):
         grew = (inc > 2 * low) & (inc > floor)
         if bool(grew.any()):
             raise DivergenceError(
-                f"LiSSA diverged at step {step}: the increments grew from {float(low[grew].min()):.3g} "
-                f"to {float(inc[grew].max()):.3g}, which a convergent series never does. Either H + λI "
-                f"is not positive definite (add a shift λ > 0; check A.eigh(1, which='LA')) or the "
-                f"scale {self.options.scale:g} is below its largest eigenvalue; increase scale"
+                f"LiSSA diverged at step {step}: the increments grew from "
+                f"{float(low[grew].min()):.3g} to {float(inc[grew].max()):.3g}, which a convergent "
+                f"series never does. Either H + λI is not positive definite (add a shift λ > 0; "
+                f"check A.eigh(1, which='LA')) or the scale {self.options.scale:g} is below its "
+                f"largest eigenvalue; increase scale"
             )

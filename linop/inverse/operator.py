@@ -26,7 +26,9 @@ from linop.tags import Tags
 __all__ = ["InverseOperator", "make_strategy", "solve"]
 
 
-def make_strategy(operator: LinearOperator, method: str | SolverOptions, options: dict[str, Any]) -> Strategy:
+def make_strategy(
+    operator: LinearOperator, method: str | SolverOptions, options: dict[str, Any]
+) -> Strategy:
     """The strategy for ``method`` (a name with keyword options, or a typed options object);
     unknown methods or options, and invalid values, raise here with the valid ones listed."""
     if isinstance(method, SolverOptions):
@@ -34,7 +36,9 @@ def make_strategy(operator: LinearOperator, method: str | SolverOptions, options
             raise TypeError("pass the options either as an options object or as keywords, not both")
         return METHODS[method.method](operator, method)
     if method not in METHODS:
-        raise ValueError(f"unknown inverse method {method!r}; valid methods are {', '.join(sorted(METHODS))}")
+        raise ValueError(
+            f"unknown inverse method {method!r}; valid methods are {', '.join(sorted(METHODS))}"
+        )
     strategy = METHODS[method]
     return strategy(operator, strategy.Options.parse(**options))
 
@@ -44,7 +48,7 @@ class _Solve(torch.autograd.Function):
     solve, and under ``vmap`` the batch is solved at once, as more columns."""
 
     @staticmethod
-    def forward(B: torch.Tensor, inverse: InverseOperator) -> torch.Tensor:  # type: ignore[override]
+    def forward(B: torch.Tensor, inverse: InverseOperator) -> torch.Tensor:
         return inverse._solve(B)
 
     @staticmethod
@@ -52,11 +56,13 @@ class _Solve(torch.autograd.Function):
         ctx.inverse = inputs[1]
 
     @staticmethod
-    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor, None]:
         return ctx.inverse.adjoint()._matmat(G), None
 
     @staticmethod
-    def vmap(info: Any, in_dims: tuple[Any, ...], B: torch.Tensor, inverse: InverseOperator) -> tuple[torch.Tensor, int]:
+    def vmap(
+        info: Any, in_dims: tuple[Any, ...], B: torch.Tensor, inverse: InverseOperator
+    ) -> tuple[torch.Tensor, int]:
         Bs = B.movedim(in_dims[0], 0)  # (batch, n, k)
         batch, n, k = Bs.shape
         X = _Solve.apply(Bs.permute(1, 0, 2).reshape(n, batch * k), inverse)
@@ -78,12 +84,16 @@ class InverseOperator(LinearOperator):
         options: the method's typed options.
     """
 
-    def __init__(self, operator: LinearOperator, method: str | SolverOptions = "cg", **options: Any) -> None:
+    def __init__(
+        self, operator: LinearOperator, method: str | SolverOptions = "cg", **options: Any
+    ) -> None:
         if operator.shape[0] != operator.shape[1]:
             raise ShapeMismatchError(f"only a square operator has an inverse, got {operator!r}")
         strategy = make_strategy(operator, method, options)
         t = operator.tags
-        super().__init__(operator.shape, operator.dtype, operator.device, Tags(t.symmetric, t.psd, t.nsd))
+        super().__init__(
+            operator.shape, operator.dtype, operator.device, Tags(t.symmetric, t.psd, t.nsd)
+        )
         self.operator = operator
         self.method: str = strategy.name
         self.strategy = strategy
@@ -156,4 +166,7 @@ def solve(
     """
     inv = InverseOperator(operator, method, **options)
     x = inv @ b
-    return (x, inv.info) if return_info else x
+    if not return_info:
+        return x
+    assert inv.info is not None  # every product records its SolveInfo
+    return x, inv.info

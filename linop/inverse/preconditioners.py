@@ -55,7 +55,8 @@ def deflation_preconditioner(
             "eigenvalues θ + λ are not positive; add a shift λ > 0"
         )
     sigma = float(d.min())
-    return RegularizedOperator(LowRankOperator(low.vectors, 1 / d - 1 / sigma), 1 / sigma), hvps
+    M = RegularizedOperator(LowRankOperator(low.vectors, 1 / d - 1 / sigma), 1 / sigma)
+    return M.with_tags(psd=True), hvps  # its eigenvalues are 1/d and 1/σ, all positive
 
 
 class _CallablePreconditioner(LinearOperator):

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import sys
+from typing import overload
 
 import torch
 
@@ -28,6 +29,10 @@ GOLDEN = 0x9E3779B1
 _C1, _C2 = 0x85EBCA6B, 0xC2B2AE35
 
 
+@overload
+def fmix32(x: int) -> int: ...
+@overload
+def fmix32(x: torch.Tensor) -> torch.Tensor: ...
 def fmix32(x: torch.Tensor | int) -> torch.Tensor | int:
     """The murmur3 32-bit finaliser on values in ``[0, 2³²)`` (int64 tensors or Python ints)."""
     x = x ^ (x >> 16)
@@ -39,13 +44,13 @@ def fmix32(x: torch.Tensor | int) -> torch.Tensor | int:
 
 def seed_key(seed: int, stream: int = 0) -> int:
     """A 32-bit key from the user's seed and a stream number (one stream per use)."""
-    return fmix32((fmix32(seed & M32) ^ (stream * GOLDEN)) & M32)  # type: ignore[return-value]
+    return fmix32((fmix32(seed & M32) ^ (stream * GOLDEN)) & M32)
 
 
 def word(seed: int, rows: torch.Tensor, cols: torch.Tensor, stream: int = 0) -> torch.Tensor:
     """The 32-bit hash of every ``(row, col)`` pair (broadcast), as int64 in ``[0, 2³²)``."""
     col_hash = fmix32((cols + seed_key(seed, stream)) & M32)
-    return fmix32((rows * GOLDEN + col_hash) & M32)  # type: ignore[return-value]
+    return fmix32((rows * GOLDEN + col_hash) & M32)
 
 
 def rademacher_bytes(
@@ -60,10 +65,16 @@ def rademacher_bytes(
     if sys.byteorder == "little":  # the four bytes of every word, low byte first
         signed = (words ^ 0x80000000) - 0x80000000  # the same 32 bits, in int32's range
         return signed.to(torch.int32).view(torch.uint8)
-    return torch.stack([(words >> s) & 255 for s in (0, 8, 16, 24)], dim=-1).reshape(k, -1).to(torch.uint8)
+    return (
+        torch.stack([(words >> s) & 255 for s in (0, 8, 16, 24)], dim=-1)
+        .reshape(k, -1)
+        .to(torch.uint8)
+    )
 
 
-def signs_from_bytes(packed: torch.Tensor, offset: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+def signs_from_bytes(
+    packed: torch.Tensor, offset: int, width: int, dtype: torch.dtype
+) -> torch.Tensor:
     """Columns ``offset:offset + width`` of the ±1 matrix packed by :func:`rademacher_bytes`,
     each byte looked up as 8 signs, in ``dtype``."""
     k = packed.shape[0]
@@ -74,7 +85,11 @@ def signs_from_bytes(packed: torch.Tensor, offset: int, width: int, dtype: torch
 
 
 def rademacher_block(
-    seed: int, k: int, start: int, stop: int, device: torch.device | str = "cpu",
+    seed: int,
+    k: int,
+    start: int,
+    stop: int,
+    device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.int8,
 ) -> torch.Tensor:
     """Columns ``start:stop`` of the ``(k, n)`` ±1 matrix, in ``dtype``."""
@@ -94,7 +109,11 @@ def _sign_table(device: torch.device | str) -> torch.Tensor:
 
 
 def gaussian_block(
-    seed: int, k: int, start: int, stop: int, device: torch.device | str = "cpu",
+    seed: int,
+    k: int,
+    start: int,
+    stop: int,
+    device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Columns ``start:stop`` of the ``(k, n)`` N(0, 1) matrix (Box–Muller on two hashes)."""

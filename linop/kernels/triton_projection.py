@@ -27,7 +27,7 @@ import torch
 
 from linop._warn import warn
 from linop.errors import KernelFallbackWarning
-from linop.kernels.hash import seed_key
+from linop.kernels.hash import rademacher_block, seed_key
 
 try:  # Triton is optional
     import triton
@@ -39,13 +39,14 @@ except ImportError:  # pragma: no cover - depends on the environment
 _ONE = {torch.float16: (0x3C00, 15), torch.bfloat16: (0x3F80, 15), torch.float32: (0x3F800000, 31)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def available() -> bool:
     """Whether the kernel can run: Triton importable and a CUDA device present."""
     return triton is not None and torch.cuda.is_available()
 
 
 if triton is not None:
+
     @triton.jit
     def _fmix32(x):
         x = x ^ (x >> 16)
@@ -56,10 +57,20 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["key"])  # a key equal to 1 must not become a constant
     def _project_kernel(
-        x_ptr, out_ptr, B, N, K, stride_xb, stride_ob, key,
+        x_ptr,
+        out_ptr,
+        B,
+        N,
+        K,
+        stride_xb,
+        stride_ob,
+        key,
         cols_per_split,
-        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        ONE: tl.constexpr, SIGN: tl.constexpr,
+        BLOCK_B: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        ONE: tl.constexpr,
+        SIGN: tl.constexpr,
     ):
         pid_k = tl.program_id(0)
         pid_b = tl.program_id(1)
@@ -108,7 +119,9 @@ if triton is not None:
         tl.atomic_add(out, acc, mask=mask, sem="relaxed")  # only the sum matters, not the order
 
 
-def project(X: torch.Tensor, seed: int, k: int, block_k: int = 128, block_n: int = 64) -> torch.Tensor | None:
+def project(
+    X: torch.Tensor, seed: int, k: int, block_k: int = 128, block_n: int = 64
+) -> torch.Tensor | None:
     """``X Rᵀ`` for ``X`` ``(B, n)`` on CUDA with the unscaled ±1 matrix ``R`` ``(k, n)``, as
     float32 ``(B, k)``; or None when the kernel cannot be used for this device and dtype: it
     failed to build or to run, or disagreed with the reference (see :func:`usable`), and a
@@ -160,8 +173,6 @@ def usable(device: str, dtype: torch.dtype) -> bool:
 
 def _self_test(device: str, dtype: torch.dtype) -> str | None:
     """What is wrong with the kernel on this device and dtype, or None."""
-    from linop.kernels.hash import rademacher_block
-
     g = torch.Generator().manual_seed(0)
     n, k, seed = 1000, 150, 2  # seed 2's key is above 2³¹: the unsigned half is covered
     R = rademacher_block(seed, k, 0, n, dtype=torch.float32)
@@ -180,7 +191,9 @@ def _self_test(device: str, dtype: torch.dtype) -> str | None:
 
 def _launch(X: torch.Tensor, seed: int, k: int, block_k: int, block_n: int) -> torch.Tensor:
     if block_n < 32 or block_n & (block_n - 1) or block_k < 16 or block_k & (block_k - 1):
-        raise ValueError(f"block_n must be a power of two ≥ 32 and block_k one ≥ 16, got {block_n}, {block_k}")
+        raise ValueError(
+            f"block_n must be a power of two ≥ 32 and block_k one ≥ 16, got {block_n}, {block_k}"
+        )
     X = X.contiguous()
     B, n = X.shape
     out = torch.zeros(B, k, dtype=torch.float32, device=X.device)
@@ -195,11 +208,24 @@ def _launch(X: torch.Tensor, seed: int, k: int, block_k: int, block_n: int) -> t
     grid = (triton.cdiv(k, block_k), triton.cdiv(B, block_b), splits)
     one, sign = _ONE[X.dtype]
     key = seed_key(seed)
-    key = key - (1 << 32) if key >= 1 << 31 else key  # the same 32 bits as a signed int: one signature
-    with torch.cuda.device(X.device) if X.is_cuda else contextlib.nullcontext():  # X's GPU, not the current one
+    key = key - (1 << 32) if key >= 1 << 31 else key  # the same 32 bits, signed: one signature
+    # on X's GPU, not the current one
+    with torch.cuda.device(X.device) if X.is_cuda else contextlib.nullcontext():
         _project_kernel[grid](
-            X, out, B, n, k, X.stride(0), out.stride(0), key, per_split,
-            BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_K=block_k, ONE=one, SIGN=sign,
+            X,
+            out,
+            B,
+            n,
+            k,
+            X.stride(0),
+            out.stride(0),
+            key,
+            per_split,
+            BLOCK_B=block_b,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            ONE=one,
+            SIGN=sign,
             num_warps=8 if block_b * block_k >= 128 * 128 else 4,
             enable_fp_fusion=False,  # nothing to fuse; saying so keeps Triton 3.9 from warning
         )
