@@ -23,7 +23,9 @@ _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 PRODUCT_TILES = [(16, 4), (32, 4), (64, 4), (128, 8)]
 
 
-def compile_sm90(dtype: torch.dtype, block_b: int, warps: int, block_n: int = 64, block_k: int = 128) -> dict[str, Any]:
+def compile_sm90(
+    dtype: torch.dtype, block_b: int, warps: int, block_n: int = 64, block_k: int = 128
+) -> dict[str, Any]:
     """Compile the kernel for sm_90 with these tiles; return its PTX statistics and ptxas's
     register and spill counts."""
     import triton
@@ -32,19 +34,41 @@ def compile_sm90(dtype: torch.dtype, block_b: int, warps: int, block_n: int = 64
 
     one, sign = tp._ONE[dtype]
     signature = {
-        "x_ptr": _PTR[dtype], "out_ptr": "*fp32", "B": "i32", "N": "i32", "K": "i32",
-        "stride_xb": "i32", "stride_ob": "i32", "key": "i32", "cols_per_split": "i32",
-        "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
-        "ONE": "constexpr", "SIGN": "constexpr",
+        "x_ptr": _PTR[dtype],
+        "out_ptr": "*fp32",
+        "B": "i32",
+        "N": "i32",
+        "K": "i32",
+        "stride_xb": "i32",
+        "stride_ob": "i32",
+        "key": "i32",
+        "cols_per_split": "i32",
+        "BLOCK_B": "constexpr",
+        "BLOCK_N": "constexpr",
+        "BLOCK_K": "constexpr",
+        "ONE": "constexpr",
+        "SIGN": "constexpr",
     }
-    constants = {"BLOCK_B": block_b, "BLOCK_N": block_n, "BLOCK_K": block_k, "ONE": one, "SIGN": sign}
+    constants = {
+        "BLOCK_B": block_b,
+        "BLOCK_N": block_n,
+        "BLOCK_K": block_k,
+        "ONE": one,
+        "SIGN": sign,
+    }
     aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 5, 6, 8)}
     src = ASTSource(tp._project_kernel, signature, constants, aligned)
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "enable_fp_fusion": False})
+    kernel = triton.compile(
+        src,
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": warps, "enable_fp_fusion": False},
+    )
     ptx = kernel.asm["ptx"]
     loop = _inner_loop(ptx)
     return {
-        "dtype": str(dtype).removeprefix("torch."), "block_b": block_b, "warps": warps,
+        "dtype": str(dtype).removeprefix("torch."),
+        "block_b": block_b,
+        "warps": warps,
         "loop_instructions": len(loop),
         "loop_mul": sum("mul.lo" in line for line in loop),
         "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
@@ -58,7 +82,11 @@ def _inner_loop(ptx: str) -> list[str]:
     lines = ptx.splitlines()
     head = next(i for i, line in enumerate(lines) if "Inner Loop Header" in line)
     label = lines[head].split(":")[0]
-    end = next(i for i in range(head + 1, len(lines)) if f"bra \t{label};" in lines[i] or f"bra {label};" in lines[i])
+    end = next(
+        i
+        for i in range(head + 1, len(lines))
+        if f"bra \t{label};" in lines[i] or f"bra {label};" in lines[i]
+    )
     body = lines[head + 1 : end]
     skip = ("//", "$", "{", "}", ".loc")
     return [line for line in body if line.strip() and not line.strip().startswith(skip)]
@@ -73,7 +101,9 @@ def _ptxas_usage(ptx: str) -> dict[str, int]:
     try:
         err = subprocess.run(
             [str(ptxas), "--gpu-name", "sm_90a", "-v", str(path), "-o", "/dev/null"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stderr
     finally:
         path.unlink(missing_ok=True)

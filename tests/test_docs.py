@@ -1,5 +1,7 @@
 """Every Python code block in the README and the docs runs (each page in a fresh namespace)."""
 
+from __future__ import annotations
+
 import re
 from pathlib import Path
 

@@ -93,8 +93,12 @@ def test_exact_solvers_agree(quick):
     # 2.1e-8 and 1.3e-10 on the scores. Rankings are then identical.
     for m, tol in [("cg", 1e-6), ("cg + arnoldi deflation", 1e-6), ("cg (scipy)", 1e-8)]:
         assert _rel(m, quick) < tol, m
-        assert abs(quick["methods"][m]["mean_spearman"]
-                   - quick["methods"]["explicit"]["mean_spearman"]) < 1e-6, m
+        assert (
+            abs(
+                quick["methods"][m]["mean_spearman"] - quick["methods"]["explicit"]["mean_spearman"]
+            )
+            < 1e-6
+        ), m
     for m in ("cg", "cg + arnoldi deflation"):
         info = quick["methods"][m]["info"]
         assert bool(info.converged.all()) and float(info.residuals.max()) <= 1e-8, m
@@ -144,8 +148,10 @@ def test_arnoldi_rows(quick):
     # (I − VVᵀ)/λ helps the ranking (0.499), and rank 300 with it is close to exact (0.962 on
     # --quick, 8.5e-3 from explicit; seeds 1-4: 0.964-0.978, 1.1e-2-1.9e-2; 0.919 on the full
     # protocol).
-    rho = {m: quick["methods"][m]["mean_spearman"]
-           for m in ("arnoldi", "arnoldi + complement", "arnoldi 300 + complement")}
+    rho = {
+        m: quick["methods"][m]["mean_spearman"]
+        for m in ("arnoldi", "arnoldi + complement", "arnoldi 300 + complement")
+    }
     assert rho["arnoldi"] < rho["arnoldi + complement"] < rho["arnoldi 300 + complement"]
     assert rho["arnoldi 300 + complement"] > 0.9
     assert _rel("arnoldi 300 + complement", quick) < 0.05
@@ -188,13 +194,15 @@ def test_hessian_operator_is_the_objective_hessian():
     split = digits.load_split(100, 10, seed=3)
     lam = ex.LAMBDA
     assert lam == digits.LOGISTIC.lam == 1e-3
-    theta = 0.1 * torch.randn(digits.NUM_PARAMS, dtype=torch.float64,
-                              generator=torch.Generator().manual_seed(0))
+    theta = 0.1 * torch.randn(
+        digits.NUM_PARAMS, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     A = digits.regularized_hessian(theta, split.X_train, split.y_train, lam)
     dense = A.to_dense()
     autograd = torch.func.hessian(digits.objective)(theta, split.X_train, split.y_train, lam)
-    closed = digits.data_hessian_dense(theta, split.X_train) + lam * torch.eye(digits.NUM_PARAMS,
-                                                                             dtype=torch.float64)
+    closed = digits.data_hessian_dense(theta, split.X_train) + lam * torch.eye(
+        digits.NUM_PARAMS, dtype=torch.float64
+    )
     torch.testing.assert_close(dense, autograd, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(closed, autograd, rtol=1e-10, atol=1e-12)
 
@@ -202,8 +210,9 @@ def test_hessian_operator_is_the_objective_hessian():
 def test_per_example_gradients_and_closed_form_gradient():
     split = digits.load_split(50, 10, seed=4)
     lam = ex.LAMBDA
-    theta = 0.1 * torch.randn(digits.NUM_PARAMS, dtype=torch.float64,
-                              generator=torch.Generator().manual_seed(1))
+    theta = 0.1 * torch.randn(
+        digits.NUM_PARAMS, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
     G = digits.example_grads(theta, split.X_train, split.y_train)
     assert G.shape == (digits.NUM_PARAMS, 50)
     value, g = digits.objective_and_grad(theta, split.X_train, split.y_train, lam)
@@ -220,7 +229,10 @@ def test_plot_and_command_line(tmp_path):
     out = tmp_path / "plot.png"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--num-removed", "4", "--plot", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mean Spearman" in proc.stdout
@@ -252,8 +264,9 @@ def test_mlp_model():
         assert theta.shape == (digits.MLP_PARAMS,) == (2410,)
         assert info.grad_norm < 1e-13
         g_auto = torch.func.grad(m.objective)(theta, X, y)
-        torch.testing.assert_close(m.objective_and_grad(theta, X, y)[1], g_auto, rtol=1e-10,
-                                   atol=1e-14)
+        torch.testing.assert_close(
+            m.objective_and_grad(theta, X, y)[1], g_auto, rtol=1e-10, atol=1e-14
+        )
         A = m.regularized_hessian(theta, X, y)
         dense = A.to_dense()
         dense = (dense + dense.T) / 2

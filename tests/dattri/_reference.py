@@ -58,8 +58,17 @@ def _locate() -> tuple[Path | None, str]:
         return None, f"${ENV_VAR}={override} holds no dattri package"
     if _has_dattri(DEFAULT_TARGET):
         return DEFAULT_TARGET, ""
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
-               str(DEFAULT_TARGET), REQUIREMENT]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--target",
+        str(DEFAULT_TARGET),
+        REQUIREMENT,
+    ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -98,8 +107,9 @@ def run_reference(body: str, inputs: dict[str, Any], timeout: float = 240) -> di
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         # -P: the working directory (maybe our repo, with our dattri) is not put on sys.path
         command = [sys.executable, "-P", "-c", _PRELUDE + body + _EPILOGUE, str(src), str(dst)]
-        done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run(
+            command, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout
+        )
         if done.returncode != 0:
             raise RuntimeError(f"the dattri 0.2.0 reference script failed:\n{done.stderr[-4000:]}")
         outputs = torch.load(dst, weights_only=False)

@@ -1,10 +1,15 @@
-"""dattri.func.hessian compatibility: closed forms, dattri's documented behaviour, fixed bugs."""
+"""dattri.func.hessian compatibility: closed forms, dattri's documented behaviour, fixed bugs, and
+incompatibilities found by a differential hunt against dattri 0.2.0 (where dattri's answer is the
+specification, it is computed by the reference, in one child process: the ``reference``
+fixture)."""
+
+from __future__ import annotations
 
 import warnings
 
 import pytest
 import torch
-from torch.func import vmap
+from torch.func import grad, vmap
 
 from dattri.func.hessian import (
     IHVPUsageError,
@@ -19,6 +24,9 @@ from dattri.func.hessian import (
     ihvp_explicit,
     ihvp_lissa,
 )
+from linop import SingularOperatorError
+from linop.testing import assert_close
+from tests.dattri._reference import run_reference
 
 D64 = torch.float64
 
@@ -163,11 +171,29 @@ def test_lissa_fixed_point_and_argument_order():
     damping, scaling = 0.01, 10.0
     ref = torch.linalg.solve(H + damping * scaling * torch.eye(2, dtype=D64), v.T).T
     torch.manual_seed(0)
-    f = ihvp_at_x_lissa(mse, xs, ys, theta, in_dims=(0, 0, None), argnums=2, batch_size=200,
-                        num_repeat=1, recursion_depth=400, damping=damping, scaling=scaling)
+    f = ihvp_at_x_lissa(
+        mse,
+        xs,
+        ys,
+        theta,
+        in_dims=(0, 0, None),
+        argnums=2,
+        batch_size=200,
+        num_repeat=1,
+        recursion_depth=400,
+        damping=damping,
+        scaling=scaling,
+    )
     assert torch.allclose(f(v), ref, atol=1e-6)
-    g = ihvp_lissa(mse, argnums=2, batch_size=20, num_repeat=4, recursion_depth=300,
-                   damping=damping, scaling=scaling)
+    g = ihvp_lissa(
+        mse,
+        argnums=2,
+        batch_size=20,
+        num_repeat=4,
+        recursion_depth=300,
+        damping=damping,
+        scaling=scaling,
+    )
     out = g((xs, ys, theta), v, in_dims=(0, 0, None))
     assert out.shape == (1, 2)
     assert float((out - ref).norm() / ref.norm()) < 0.1
@@ -176,8 +202,18 @@ def test_lissa_fixed_point_and_argument_order():
 def test_lissa_batch_size_larger_than_num_repeat_is_respected():
     """With the swap, batch_size=150 would become num_repeat=150 (slow) and batch_size=1 (noisy)."""
     xs, ys, theta = _mse_problem(150)
-    f = ihvp_at_x_lissa(mse, xs, ys, theta, in_dims=(0, 0, None), argnums=2, batch_size=150,
-                        num_repeat=1, recursion_depth=200, scaling=10.0)
+    f = ihvp_at_x_lissa(
+        mse,
+        xs,
+        ys,
+        theta,
+        in_dims=(0, 0, None),
+        argnums=2,
+        batch_size=150,
+        num_repeat=1,
+        recursion_depth=200,
+        scaling=10.0,
+    )
     H = torch.func.hessian(mse, argnums=2)(xs, ys, theta)
     v = torch.randn(2, dtype=D64)
     assert torch.allclose(f(v)[0], torch.linalg.solve(H, v), atol=1e-6)
@@ -202,6 +238,116 @@ def test_usage_errors():
     with pytest.raises(IHVPUsageError, match="mismatch"):
         ihvp_at_x_lissa(mse, xs, ys[:5], theta, in_dims=(0, 0, None), argnums=2)(theta)
     assert issubclass(IHVPUsageError, Exception)
+
+
+# ------------------------------------------------- incompatibilities found against dattri 0.2.0
+def quartic(w):
+    return (w**4).sum() + (w**2).sum()
+
+
+def _regression():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(20, 6, dtype=D64, generator=g)
+    y = torch.randn(20, dtype=D64, generator=g)
+    w = 0.1 * torch.randn(6, dtype=D64, generator=g)
+    v = torch.randn(6, dtype=D64, generator=g)
+    return w, X, y, v
+
+
+def linear_mse(w, X, y):
+    return ((X @ w - y) ** 2).mean()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    w, _, _, v = _regression()
+    body = """
+from torch.func import grad
+from dattri.func.hessian import hvp_at_x
+w, v = inputs["w"], inputs["v"]
+f = lambda w: (w ** 4).sum() + (w ** 2).sum()
+outputs["hvp_grad_x"] = grad(lambda w_: hvp_at_x(f, (w_,))(v).sum())(w)
+"""
+    return run_reference(body, {"w": w[:3].clone(), "v": v[:3].clone()})
+
+
+def test_hvp_at_x_is_differentiable_in_x(reference):
+    w, v = _regression()[0][:3].clone(), _regression()[3][:3].clone()
+    assert_close(grad(lambda w_: hvp_at_x(quartic, (w_,))(v).sum())(w), reference["hvp_grad_x"])
+    assert hvp_at_x(quartic, (w.clone().requires_grad_(),))(v).requires_grad
+
+
+def test_ihvp_is_differentiable_in_v_with_autograd():
+    w, v = _regression()[0][:3].clone(), _regression()[3][:3].clone()
+    expected = torch.linalg.solve(torch.func.hessian(quartic)(w), torch.ones(3, dtype=D64))
+    for make in (
+        lambda: ihvp_at_x_cg(quartic, w, max_iter=20),
+        lambda: ihvp_at_x_explicit(quartic, w),
+    ):
+        vr = v.clone().requires_grad_()
+        make()(vr).sum().backward()
+        assert_close(vr.grad, expected)
+
+
+def test_ihvp_transforms_over_v_work_and_over_x_are_a_clear_error_not_silent_zeros():
+    w, v = _regression()[0][:3].clone(), _regression()[3][:3].clone()
+    V = torch.randn(4, 3, dtype=D64, generator=torch.Generator().manual_seed(2))
+    H = torch.func.hessian(quartic)(w)
+    expected = torch.linalg.solve(H, V.T).T
+    # as dattri: the explicit closure maps (d,) to (d,), the iterative ones to (1, d)
+    assert_close(vmap(ihvp_at_x_explicit(quartic, w))(V), expected)
+    assert_close(vmap(ihvp_at_x_cg(quartic, w, max_iter=20))(V), expected.unsqueeze(1))
+    assert_close(
+        grad(lambda u: ihvp_at_x_cg(quartic, w, max_iter=20)(u).sum())(v),
+        torch.linalg.solve(H, torch.ones(3, dtype=D64)),
+    )
+    with pytest.raises(IHVPUsageError, match=r"torch\.func transforms"):
+        grad(lambda w_: ihvp_explicit(quartic)((w_,), v).sum())(w)
+
+
+def test_lissa_batch_larger_than_the_data_uses_all_of_it():
+    w, X, y, v = _regression()
+    ref = ihvp_explicit(linear_mse)((w, X, y), v)
+    out = ihvp_lissa(linear_mse, batch_size=50, recursion_depth=300, scaling=10.0)(
+        (w, X, y), v, in_dims=(None, 0, 0)
+    )
+    assert out.shape == (1, 6)
+    assert_close(out[0], ref, 1e-8)
+
+
+def test_lissa_argnums_names_an_argument_of_func_after_collate():
+    w, X, y, v = _regression()
+    ref = ihvp_explicit(linear_mse)((w, X, y), v)
+    collate = lambda raw: (raw[2], raw[0], raw[1])  # noqa: E731 - raw (X, y, w) -> linear_mse(w, X, y)
+    solver = ihvp_lissa(
+        linear_mse, argnums=0, batch_size=20, recursion_depth=300, scaling=10.0, collate_fn=collate
+    )
+    assert_close(solver((X, y, w), v, in_dims=(0, 0, None))[0], ref, 1e-8)
+
+
+def test_lissa_checks_the_batch_size_of_every_input():
+    w, X, y, v = _regression()
+    with pytest.raises(IHVPUsageError, match="batch size mismatch"):
+        ihvp_lissa(linear_mse)((w, X, y), v)  # default in_dims: w's 6 rows against 20 examples
+
+
+def test_a_singular_explicit_hessian_is_also_a_torch_linalg_error():
+    w = torch.zeros(3, dtype=D64)
+    with pytest.raises(torch.linalg.LinAlgError):
+        ihvp_at_x_explicit(lambda w: (w[:2] ** 2).sum(), w)(torch.ones(3, dtype=D64))
+    assert issubclass(SingularOperatorError, torch.linalg.LinAlgError)
+
+
+def test_cg_goes_through_negative_curvature_as_dattri_does():
+    """dattri 0.2.0's own test: CG on the Hessian of sin(x + y), which is indefinite or negative
+    definite for most y (its closed-form inverse is diag(−1 / sin(1 + y)))."""
+    g = torch.Generator().manual_seed(3)
+    for _ in range(10):
+        y, vec = torch.randn(2, generator=g), torch.randn(5, 2, generator=g)
+        ihvp = ihvp_at_x_cg(
+            lambda x, y: torch.sin(x + y).sum(), torch.ones(1), y, argnums=1, max_iter=2
+        )
+        assert_close(ihvp(vec), (torch.diag(-1 / (1 + y).sin()) @ vec.T).T, 1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device)")

@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from dattri.func._seeded_projection import SeededBlockProjection
 from dattri.func.projection import (
     ArnoldiProjector,
     BasicProjector,
@@ -22,9 +23,8 @@ from dattri.func.projection import (
     make_random_projector,
     random_project,
 )
-from dattri.func._seeded_projection import SeededBlockProjection
 from linop import NegativeCurvatureWarning, ProjectionOperator
-from linop.testing import check_operator
+from linop.testing import assert_close, check_operator
 from tests.dattri._reference import run_reference
 
 # ---------------------------------------------------------------------------------------- cases
@@ -48,7 +48,7 @@ def _data() -> dict[str, torch.Tensor]:
 
 def _losses() -> dict:
     namespace: dict = {"DATA": _data()}
-    exec(LOSSES_SRC, namespace)  # noqa: S102 - our own source, shared with the reference
+    exec(LOSSES_SRC, namespace)  # our own source, shared with the reference
     return namespace["LOSSES"]
 
 
@@ -98,6 +98,7 @@ ARNOLDI_CASES = {
 }
 ARNOLDI_X = {"logreg": torch.zeros(8), "sin": torch.linspace(-3.0, 3.0, 8) + 0.1}
 ARNOLDI_G = torch.randn(6, 8, generator=torch.Generator().manual_seed(2))
+G_1D = torch.randn(300, generator=torch.Generator().manual_seed(1))  # one vector, not a batch
 
 REFERENCE_BODY = """
 import warnings
@@ -117,6 +118,7 @@ for name, (loss, k, max_iter, c, reg, seed) in inputs["arnoldi"].items():
         P = ArnoldiProjector(8, k, LOSSES[loss], x, max_iter=max_iter, norm_constant=c,
                              regularization=reg, seed=seed)
         outputs["arnoldi", name] = (P.project(inputs["g"]), P.eigvals)
+outputs["project_1d"] = BasicProjector(300, 20, 11, "normal", "cpu").project(inputs["g_1d"], 0)
 """
 
 
@@ -130,6 +132,7 @@ def reference() -> dict:
         "losses": LOSSES_SRC,
         "x": ARNOLDI_X,
         "g": ARNOLDI_G,
+        "g_1d": G_1D,
     }
     return run_reference(REFERENCE_BODY, inputs)
 
@@ -150,7 +153,7 @@ def _ours_arnoldi(name: str, **overrides) -> ArnoldiProjector:
 def test_random_project_matches_dattri_on_cpu(reference, name):
     feature, batch, k, seed, half, ensembles = RANDOM_CASES[name]
     project = random_project(feature, batch, k, 32, "cpu", seed, use_half_precision=half)
-    for ensemble, expected in zip(ensembles, reference["random", name]):
+    for ensemble, expected in zip(ensembles, reference["random", name], strict=True):
         out = project(feature, ensemble_id=ensemble)
         assert out.shape == expected.shape and out.dtype == expected.dtype
         err = _relative_error(out, expected)
@@ -180,10 +183,12 @@ def test_arnoldi_matches_dattri_where_dattri_is_right(reference, name):
     P = _ours_arnoldi(name)
     Z = P.project(ARNOLDI_G)
     ours, theirs = Z.double() @ Z.double().T, Z_ref.double() @ Z_ref.double().T
-    print(f"arnoldi {name}: inner products vs exact: ours {_relative_error(ours, exact):.1e}, "
-          f"dattri {_relative_error(theirs, exact):.1e}; ours vs dattri "
-          f"{_relative_error(ours, theirs):.1e}; "
-          f"eigenvalues {_relative_error(P.eigvals, values_ref):.1e}")
+    print(
+        f"arnoldi {name}: inner products vs exact: ours {_relative_error(ours, exact):.1e}, "
+        f"dattri {_relative_error(theirs, exact):.1e}; ours vs dattri "
+        f"{_relative_error(ours, theirs):.1e}; "
+        f"eigenvalues {_relative_error(P.eigvals, values_ref):.1e}"
+    )
     # dattri orthogonalises once in float32 and drifts by 1e-2 to 3e-2 here (it depends on the
     # BLAS's float32 rounding); ours is exact, so ours and dattri's differ by dattri's own error
     assert _relative_error(ours, exact) <= 1e-5
@@ -208,13 +213,34 @@ def test_arnoldi_norm_constant_changes_nothing_where_dattri_is_wrong(reference):
     P3 = _ours_arnoldi("logreg-c3")
     Z3 = P3.project(ARNOLDI_G)
     theirs = Z1_ref.double() @ Z1_ref.double().T
-    exact = _exact_inverse_products(ARNOLDI_CASES["logreg-full"][0], ARNOLDI_CASES["logreg-full"][4])
+    exact = _exact_inverse_products(
+        ARNOLDI_CASES["logreg-full"][0], ARNOLDI_CASES["logreg-full"][4]
+    )
     assert _relative_error(Z3 @ Z3.T, exact) <= 1e-5  # norm_constant changes nothing in ours
     assert _relative_error(Z3 @ Z3.T, theirs) <= 1.05 * _relative_error(theirs, exact) + 1e-5
     assert _relative_error(P3.eigvals, values1_ref) <= 5e-3
     # dattri divides part of its iteration by c² and gets other eigenvalues and products
     assert not torch.allclose(values3_ref, values1_ref, rtol=1e-2)
     assert not torch.allclose(Z3_ref @ Z3_ref.T, Z1_ref @ Z1_ref.T, rtol=1e-2)
+
+
+def test_projectors_take_one_vector(reference):
+    out = BasicProjector(300, 20, 11, "normal", "cpu").project(G_1D, 0)
+    assert out.shape == (20,)
+    assert_close(out, reference["project_1d"])
+
+    def linear_mse(w: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        X, y = (
+            torch.randn(20, 6, dtype=torch.float64, generator=g),
+            torch.randn(20, dtype=torch.float64, generator=g),
+        )
+        return ((X @ w - y) ** 2).mean()
+
+    P = arnoldi_project(
+        6, linear_mse, 0.1 * torch.randn(6, dtype=torch.float64), max_iter=6, proj_dim=4
+    )
+    assert P(torch.randn(6, dtype=torch.float64)).shape == (1, 4)
 
 
 # --------------------------------------------------------- closed form: SeededBlockProjection
@@ -237,8 +263,15 @@ def _oracle(n: int, k: int, seed: int, block: int, sample: torch.dtype, kind: st
 @pytest.mark.parametrize("cache_bytes", [0, None])
 def test_seeded_block_projection_contract(kind, cache_bytes):
     P = SeededBlockProjection(
-        53, 30, seed=4, dtype=torch.float64, kind=kind, sample_dtype=torch.float32,
-        block_size=7, chunk_rows=16, cache_bytes=cache_bytes,
+        53,
+        30,
+        seed=4,
+        dtype=torch.float64,
+        kind=kind,
+        sample_dtype=torch.float32,
+        block_size=7,
+        chunk_rows=16,
+        cache_bytes=cache_bytes,
     )
     check_operator(P, _oracle(53, 30, 4, 7, torch.float32, kind))
 
@@ -316,8 +349,9 @@ def test_chunked_projector_sums_the_chunks():
 def test_cuda_projector_logic_without_fast_jl(monkeypatch):
     """The CUDA path, run on the CPU by pointing a constructed CudaProjector at it."""
     monkeypatch.setitem(sys.modules, "fast_jl", None)  # importing it now fails
-    P = CudaProjector(500, 40, 7, ProjectionType.rademacher, "cuda", max_batch_size=8,
-                      dtype=torch.float16)
+    P = CudaProjector(
+        500, 40, 7, ProjectionType.rademacher, "cuda", max_batch_size=8, dtype=torch.float16
+    )
     P.device = "cpu"
     X = torch.randn(20, 500)
     expected = ProjectionOperator.random(500, 40, "rademacher", seed=7 + 10_000 * 2, scale=None)

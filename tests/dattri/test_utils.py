@@ -41,8 +41,13 @@ MIXED = {
 }
 MIXED_BATCH = {"a": torch.randn(2, 3, dtype=torch.float64), "b": torch.randn(2, 2)}
 CHUNK_CASES = [([10], 2), ([2**33], 1), ([5 * 2**32 + 3], 7), ([0], 3), ([100, 200], 4)]
-GROUP_CASES = [([10, 20, 30], 2), ([2**31, 2**31, 5], 1), ([2**32 - 2, 3], 1), ([5], 2**31),
-               ([2**30] * 9, 2)]
+GROUP_CASES = [
+    ([10, 20, 30], 2),
+    ([2**31, 2**31, 5], 1),
+    ([2**32 - 2, 3], 1),
+    ([5], 2**31),
+    ([2**30] * 9, 2),
+]
 X = torch.randn(6, 3, generator=torch.Generator().manual_seed(5))
 
 REFERENCE_BODY = """

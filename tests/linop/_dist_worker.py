@@ -4,6 +4,8 @@ Builds a dataset HessianOperator over this rank's uneven shard of a fixed proble
 the scenario computes (or the error it raised) to OUT.
 """
 
+from __future__ import annotations
+
 import datetime
 import sys
 import warnings
@@ -30,17 +32,39 @@ def loss(w, X, y):
 SPLIT = 15  # rank 0 holds 15 examples, rank 1 holds 8: uneven shards
 
 
+def data_facts(source):
+    """What a ShardedData source says about itself on this rank (see test_distributed.py)."""
+    same = linop.ShardedData(linop.TensorBatches((torch.arange(40),), 4), "world", timeout=5.0)
+    one = source.restrict(next(iter(source)))
+    total, count = one.reduce(torch.ones(2, dtype=torch.float64), 3)
+    return {
+        "type": type(source).__name__,
+        "num_examples": source.num_examples(),
+        "num_batches": source.num_batches(),
+        "local_examples": [source.examples_in(b) for b in source],
+        # the same local data on every rank: the draws differ by rank, and repeat by seed
+        "draws": [same.minibatch(torch.Generator().manual_seed(s), 6)[0] for s in (0, 0, 1)],
+        "restricted": (type(one).__name__, total, count),
+    }
+
+
 def main() -> None:
     rank, world, rendezvous, out, scenario = sys.argv[1:6]
     rank, world = int(rank), int(world)
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{rendezvous}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
     X, y, w, V = problem()
     shard = slice(0, SPLIT) if rank == 0 else slice(SPLIT, None)
     result = {}
     try:
-        H = linop.HessianOperator.from_data(loss, w, (X[shard], y[shard]), batch_size=4,
-                                            process_group="world", timeout=5.0)
+        H = linop.HessianOperator.from_data(
+            loss, w, (X[shard], y[shard]), batch_size=4, process_group="world", timeout=5.0
+        )
         if scenario == "fail":
             if rank == 1:
                 raise RuntimeError("rank 1 fails on purpose")
@@ -54,6 +78,7 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result["lissa"] = A.inverse("lissa", batch_size=4, depth=50, scale=5.0, seed=3) @ V
+            result["data"] = data_facts(H.data)
     except Exception as e:  # noqa: BLE001 - reported to the test
         result["error"] = f"{type(e).__name__}: {e}"
     torch.save(result, out)

@@ -1,6 +1,8 @@
 """CUDA paths (skipped without a GPU; run on the device): Hessians in both modes, every inverse
 method, and the device checks, against the CPU results."""
 
+from __future__ import annotations
+
 import pytest
 import torch
 from torch.func import hessian
@@ -8,7 +10,9 @@ from torch.func import hessian
 from linop import DeviceMismatchError, HessianOperator, IdentityOperator
 from linop.testing import assert_close
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device)")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA (run on the device)"
+)
 D64 = torch.float64
 
 
@@ -37,10 +41,15 @@ def test_hessian_on_cuda_equals_cpu(mode):
         H @ V.cpu()
 
 
-@pytest.mark.parametrize("method,options", [
-    ("explicit", {}), ("cg", {"rtol": 1e-12}), ("cg", {"rtol": 1e-12, "preconditioner": "arnoldi", "rank": 5}),
-    ("arnoldi", {"rank": 15, "maxiter": 15}),
-])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("explicit", {}),
+        ("cg", {"rtol": 1e-12}),
+        ("cg", {"rtol": 1e-12, "preconditioner": "arnoldi", "rank": 5}),
+        ("arnoldi", {"rank": 15, "maxiter": 15}),
+    ],
+)
 def test_inverse_methods_on_cuda(method, options):
     w, X, y = _problem("cuda")
     H = HessianOperator(loss, (w, X, y))

@@ -1,5 +1,7 @@
 """Data-parallel HessianOperator: 2 processes on this machine (gloo, a file rendezvous)."""
 
+from __future__ import annotations
+
 import subprocess
 import sys
 import time
@@ -25,8 +27,19 @@ def _run(tmp_path, scenario, world=2, timeout=120):
     rendezvous = tmp_path / "rendezvous"
     outs = [tmp_path / f"rank{r}.pt" for r in range(world)]
     procs = [
-        subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), str(rendezvous),
-                          str(outs[r]), scenario], stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(WORKER),
+                str(r),
+                str(world),
+                str(rendezvous),
+                str(outs[r]),
+                scenario,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for r in range(world)
     ]
     start = time.monotonic()
@@ -38,14 +51,20 @@ def _run(tmp_path, scenario, world=2, timeout=120):
             p.kill()
     elapsed = time.monotonic() - start
     results = []
-    for p, out in zip(procs, outs):
+    for p, out in zip(procs, outs, strict=True):
         assert out.exists(), p.stderr.read()[-3000:]
         results.append(torch.load(out, weights_only=False))
     return results, elapsed
 
 
-def test_distributed_products_and_solvers_equal_the_single_process_ones(tmp_path):
-    results, _ = _run(tmp_path, "ok")
+@pytest.fixture(scope="module")
+def ok_run(tmp_path_factory):
+    """The "ok" scenario, run once for the tests that read it."""
+    return _run(tmp_path_factory.mktemp("ok"), "ok")[0]
+
+
+def test_distributed_products_and_solvers_equal_the_single_process_ones(ok_run):
+    results = ok_run
     for r in results:
         assert "error" not in r, r["error"]
     X, y, w, V = W.problem()
@@ -63,10 +82,29 @@ def test_distributed_products_and_solvers_equal_the_single_process_ones(tmp_path
     assert_close(single @ V, results[0]["HV"])
 
 
-def test_distributed_lissa_is_reproducible(tmp_path):
-    first, _ = _run(tmp_path / "a", "ok")
-    second, _ = _run(tmp_path / "b", "ok")
-    assert torch.equal(first[0]["lissa"], second[0]["lissa"])
+def test_distributed_lissa_is_reproducible(tmp_path, ok_run):
+    again, _ = _run(tmp_path / "again", "ok")
+    assert torch.equal(ok_run[0]["lissa"], again[0]["lissa"])
+
+
+def test_sharded_data_source(ok_run):
+    """ShardedData: the total is over every rank, the batches are the local ones, sums of a
+    restricted source are all-reduced too, and minibatch draws are reproducible per seed and
+    differ between ranks (per-rank seeds) even where the local data are the same."""
+    facts = [r["data"] for r in ok_run]
+    n, split = W.problem()[0].shape[0], W.SPLIT
+    for rank, f in enumerate(facts):
+        assert f["type"] == "ShardedData"
+        assert f["num_examples"] == n  # every rank's examples
+        local = split if rank == 0 else n - split
+        assert sum(f["local_examples"]) == local and f["num_batches"] == len(f["local_examples"])
+        kind, total, count = f["restricted"]
+        assert kind == "ShardedData" and count == 3 * len(facts)
+        assert torch.equal(total, torch.full((2,), float(len(facts)), dtype=torch.float64))
+        first, repeat, other = f["draws"]
+        assert torch.equal(first, repeat) and not torch.equal(first, other)
+        assert first.numel() == 6 and first.unique().numel() == 6
+    assert not torch.equal(facts[0]["draws"][0], facts[1]["draws"][0])
 
 
 def test_a_failing_rank_makes_the_others_fail_within_the_timeout(tmp_path):

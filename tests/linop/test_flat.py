@@ -1,3 +1,7 @@
+"""Flat vectors from and to trees of tensors (linop.flat)."""
+
+from __future__ import annotations
+
 import pytest
 import torch
 

@@ -1,3 +1,7 @@
+"""scipy interoperability (linop.interop), both ways."""
+
+from __future__ import annotations
+
 import numpy as np
 import pytest
 import scipy.sparse
@@ -5,6 +9,7 @@ import scipy.sparse.linalg as spla
 import torch
 
 from linop import DenseOperator, ScipyOperator, aslinearoperator, to_scipy
+from linop.tags import Tags
 from linop.testing import check_operator
 
 D64 = torch.float64
@@ -43,3 +48,21 @@ def test_unsupported_objects_raise():
         aslinearoperator([[1.0, 0.0], [0.0, 1.0]])
     with pytest.raises(ValueError, match="CPU"):
         aslinearoperator(scipy.sparse.eye(3), device="meta")
+
+
+def test_scipy_view_accepts_arrays_with_negative_strides():
+    M = torch.randn(4, 4, dtype=D64)
+    X = np.arange(8.0).reshape(4, 2)[::-1]
+    np.testing.assert_allclose(DenseOperator(M).to_scipy().matmat(X), M.numpy() @ X)
+
+
+def test_scipy_operator_without_explicit_adjoint_and_with_tags():
+    """A ScipyOperator of a non-symmetric scipy LinearOperator uses scipy's adjoint; one whose
+    caller vouches for symmetry is its own adjoint."""
+    M = np.random.default_rng(1).standard_normal((5, 5))
+    op = ScipyOperator(spla.aslinearoperator(M))
+    check_operator(op, torch.from_numpy(M))
+    S = M + M.T
+    sym = ScipyOperator(S, tags=Tags(symmetric=True))
+    assert sym.T is sym
+    check_operator(sym, torch.from_numpy(S))

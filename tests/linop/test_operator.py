@@ -1,4 +1,7 @@
-"""The base class: checks on input, the memory guard, row vectors, the autodiff adjoint."""
+"""The base class (linop.operator): checks on input, the memory guard, row vectors, the autodiff
+adjoint, tags and the operator's cache."""
+
+from __future__ import annotations
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from linop import (
     ShapeMismatchError,
 )
 from linop.algebra import AdjointOperator
+from linop.operator import OperatorCache
 from linop.testing import check_operator
 
 D64 = torch.float64
@@ -82,7 +86,7 @@ def test_to_dense_memory_guard():
     assert A.to_dense(max_bytes=1 << 24).shape == (1000, 1000)
     # a 10M-parameter Hessian-sized operator is refused at the default budget, without work
     big = IdentityOperator(10_000_000)
-    with pytest.raises(MemoryError, match="TiB|GiB"):
+    with pytest.raises(MemoryError, match=r"TiB|GiB"):
         big.to_dense()
 
 
@@ -100,3 +104,34 @@ def test_with_tags_sets_symmetric_and_leaves_original():
 
 def test_repr_names_the_operator():
     assert "DenseOperator(shape=(3, 3)" in repr(DenseOperator(torch.eye(3)))
+
+
+def test_complex_operators_are_refused():
+    with pytest.raises(DTypeMismatchError, match="complex operators are not supported"):
+        DenseOperator(torch.ones(2, 2, dtype=torch.complex64))
+
+
+def test_the_autodiff_adjoint_is_an_operator_of_its_own():
+    """The AdjointOperator of a matrix-free operator against the transposed matrix."""
+    M = torch.randn(4, 6, dtype=D64, generator=torch.Generator().manual_seed(1))
+    adjoint = MatrixFree(M).T
+    assert isinstance(adjoint, AdjointOperator) and adjoint.shape == (6, 4)
+    check_operator(adjoint, M.T)
+
+
+def test_operator_cache_computes_once_per_key():
+    cache = OperatorCache()
+    calls = []
+    compute = lambda: calls.append(1) or len(calls)  # noqa: E731
+    assert cache.get(("a", 1), compute) == 1 and cache.get(("a", 1), compute) == 1
+    assert cache.get(("a", 2), compute) == 2 and len(cache) == 2 and ("a", 1) in cache
+    cache.clear()
+    assert len(cache) == 0 and ("a", 1) not in cache
+    assert cache.get(("a", 1), compute) == 3
+
+
+def test_every_operator_owns_its_cache_and_tag_copies_share_it():
+    A = DenseOperator(torch.eye(3, dtype=D64))
+    B = DenseOperator(torch.eye(3, dtype=D64))
+    assert isinstance(A.cache, OperatorCache) and A.cache is not B.cache
+    assert A.with_tags(psd=True).cache is A.cache  # the same matrix: the same set-up results

@@ -1,4 +1,7 @@
-"""Random and Arnoldi projections: JL statistics, determinism, the hash, dtypes, bad input."""
+"""Random and Arnoldi projections (linop.projection): JL statistics, determinism, the hash,
+dtypes, bad input."""
+
+from __future__ import annotations
 
 import subprocess
 import sys
@@ -17,6 +20,7 @@ from linop import (
 from linop.kernels import hash as khash
 from linop.tags import Tags
 from linop.testing import assert_close, check_operator
+from tests.linop._helpers import assert_pickles
 
 D64 = torch.float64
 KINDS = ["rademacher", "gaussian", "sjlt"]
@@ -52,8 +56,12 @@ def test_johnson_lindenstrauss(kind):
 
 def test_entries_follow_the_documented_hash():
     """The torch path equals a plain-Python evaluation of the hash, even for columns past 2³¹."""
+
     def py_word(seed, r, c, stream=0):
-        return khash.fmix32((r * khash.GOLDEN + khash.fmix32((c + khash.seed_key(seed, stream)) & khash.M32)) & khash.M32)
+        return khash.fmix32(
+            (r * khash.GOLDEN + khash.fmix32((c + khash.seed_key(seed, stream)) & khash.M32))
+            & khash.M32
+        )
 
     P = ProjectionOperator.random(2**40, 8, seed=5, scale=None)
     for start in [0, 100, 2**31 - 40, 2**33 + 7]:
@@ -78,26 +86,36 @@ def test_the_same_seed_gives_the_same_matrix_in_another_process():
         "import torch; from linop import ProjectionOperator as P;"
         "x = torch.arange(3000, dtype=torch.float64).reshape(3, 1000) / 1000;"
         "print([round(v, 10) for k in ('rademacher', 'gaussian', 'sjlt') "
-        "for v in P.random(1000, 16, kind=k, seed=9, dtype=torch.float64).project(x).flatten().tolist()])"
+        "for v in P.random(1000, 16, kind=k, seed=9, dtype=torch.float64)"
+        ".project(x).flatten().tolist()])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     x = torch.arange(3000, dtype=D64).reshape(3, 1000) / 1000
     here = [
         round(v, 10)
         for k in KINDS
-        for v in ProjectionOperator.random(1000, 16, kind=k, seed=9, dtype=D64).project(x).flatten().tolist()
+        for v in ProjectionOperator.random(1000, 16, kind=k, seed=9, dtype=D64)
+        .project(x)
+        .flatten()
+        .tolist()
     ]
     assert out.stdout.strip() == str(here)
     other = ProjectionOperator.random(1000, 16, seed=10, dtype=D64).project(x)
-    assert not torch.allclose(other, ProjectionOperator.random(1000, 16, seed=9, dtype=D64).project(x))
+    assert not torch.allclose(
+        other, ProjectionOperator.random(1000, 16, seed=9, dtype=D64).project(x)
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_blocks_and_cache_do_not_change_results(kind):
     X = torch.randn(5, 1001)
-    ref = ProjectionOperator.random(1001, 33, kind=kind, seed=2, block_size=8192, cache_bytes=0).project(X)
+    ref = ProjectionOperator.random(
+        1001, 33, kind=kind, seed=2, block_size=8192, cache_bytes=0
+    ).project(X)
     for block in [32, 96, 1000, None]:
-        P = ProjectionOperator.random(1001, 33, kind=kind, seed=2, block_size=block, cache_bytes=1 << 20)
+        P = ProjectionOperator.random(
+            1001, 33, kind=kind, seed=2, block_size=block, cache_bytes=1 << 20
+        )
         assert_close(P.project(X), ref, 1e-5)
         assert bool(P._filled) == (kind != "sjlt")  # the dense kinds kept their blocks
         assert_close(P.project(X), ref, 1e-5)  # second call: from the cache
@@ -119,8 +137,14 @@ def test_the_cache_keeps_rademacher_signs_packed_and_respects_its_budget():
     X = torch.randn(3, n)
     P = ProjectionOperator.random(n, k, seed=1, block_size=256, cache_bytes=packed)
     Z = P.project(X)
-    assert P._store.dtype == torch.uint8 and P._store.numel() == packed and P._filled == {0, 256, 512, 768}
-    assert_close(P.block(3, 70), ProjectionOperator.random(n, k, seed=1, cache_bytes=0).block(3, 70))
+    assert (
+        P._store.dtype == torch.uint8
+        and P._store.numel() == packed
+        and P._filled == {0, 256, 512, 768}
+    )
+    assert_close(
+        P.block(3, 70), ProjectionOperator.random(n, k, seed=1, cache_bytes=0).block(3, 70)
+    )
     assert P._filled == {0, 256, 512, 768}  # not one of the product's blocks: not kept
     assert_close(P.project(X), Z)
     P.clear_cache()
@@ -128,7 +152,9 @@ def test_the_cache_keeps_rademacher_signs_packed_and_respects_its_budget():
     small = ProjectionOperator.random(n, k, seed=1, block_size=256, cache_bytes=packed - 1)
     assert_close(small.project(X), Z)
     assert small._store is None
-    G = ProjectionOperator.random(n, k, kind="gaussian", seed=1, block_size=256, cache_bytes=n * k * 4)
+    G = ProjectionOperator.random(
+        n, k, kind="gaussian", seed=1, block_size=256, cache_bytes=n * k * 4
+    )
     G.project(X)
     assert G._store.numel() * G._store.element_size() == n * k * 4
 
@@ -159,7 +185,10 @@ def test_scaling():
     assert_close(P_jl.to_dense(), P_raw.to_dense() / 4)
     S = ProjectionOperator.random(100, 16, kind="sjlt", nnz=4, seed=0, dtype=D64)
     assert_close(S.to_dense().pow(2).sum(0), torch.ones(100, dtype=D64))  # unit columns: 1/√c
-    assert_close(ProjectionOperator.random(100, 16, seed=0, scale=2.0, dtype=D64).to_dense(), 2 * P_raw.to_dense())
+    assert_close(
+        ProjectionOperator.random(100, 16, seed=0, scale=2.0, dtype=D64).to_dense(),
+        2 * P_raw.to_dense(),
+    )
 
 
 def test_composes_with_other_operators():
@@ -207,6 +236,45 @@ def test_arnoldi_projection_with_negative_eigenvalues_is_finite():
     Z = P.project(torch.ones(2, 4, dtype=D64))
     assert torch.isfinite(Z).all()
     assert_close((Z @ Z.T)[0, 0], torch.tensor(1 / 3 + 1.0, dtype=D64))
+
+
+@pytest.mark.parametrize("k", [3, 8])
+def test_arnoldi_projection_against_the_dense_eigendecomposition(k):
+    """P = Λ^{-1/2} Vᵀ from the top-k eigenpairs of H + λI, against torch.linalg.eigh (each row is
+    determined up to its sign, taken from P; the spectrum is distinct)."""
+    g = torch.Generator().manual_seed(3)
+    Q = torch.linalg.qr(torch.randn(8, 8, dtype=D64, generator=g)).Q
+    M = (Q * torch.linspace(0.5, 6.0, 8, dtype=D64)) @ Q.T
+    M = (M + M.T) / 2
+    lam = 0.2
+    P = ProjectionOperator.arnoldi(
+        DenseOperator(M, Tags(psd=True)) + lam * IdentityOperator(8, D64), k, maxiter=8
+    )
+    theta, U = torch.linalg.eigh(M + lam * torch.eye(8, dtype=D64))
+    theta, U = theta.flip(0)[:k], U.flip(1)[:, :k]
+    expected = theta.rsqrt().unsqueeze(1) * U.T
+    signs = torch.sign((P.to_dense() * expected).sum(1))
+    assert P.shape == (k, 8)
+    check_operator(P, signs.unsqueeze(1) * expected, rtol=1e-8)
+
+
+def test_projections_of_empty_batches():
+    for kind in ("rademacher", "gaussian", "sjlt"):
+        P = ProjectionOperator.random(50, 8, kind=kind)
+        assert P.project(torch.zeros(0, 50)).shape == (0, 8)
+        assert (P @ torch.zeros(50, 0)).shape == (8, 0)
+    P = ProjectionOperator.random(30, 8)
+    assert P.project({"w": torch.zeros(0, 20), "b": torch.zeros(0, 10)}).shape == (0, 8)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_random_projection_pickles(kind):
+    P = ProjectionOperator.random(200, 16, kind=kind, seed=4, dtype=D64, block_size=64)
+    X = torch.randn(200, 3, dtype=D64)
+    Q = assert_pickles(P, X)  # after a product: the kept blocks travel too, or are regenerated
+    assert_close(Q.T @ torch.ones(16, dtype=D64), P.T @ torch.ones(16, dtype=D64))
+    H = DenseOperator(torch.diag(torch.arange(1.0, 7.0, dtype=D64)))
+    assert_pickles(ProjectionOperator.arnoldi(H, 3, maxiter=6), X[:6])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device)")
@@ -287,4 +355,3 @@ def test_the_kernel_builds_for_an_h100(dtype):
         assert stats["wgmma"] > 0 and stats["fma"] == 0, stats
         assert stats["spill_bytes"] == 0, stats
         assert stats["loop_mul"] <= 16, stats
-

@@ -1,8 +1,19 @@
+"""Operators with explicit structure (linop.structured) against their dense matrices."""
+
+from __future__ import annotations
+
 import pytest
 import torch
 
-from linop import DenseOperator, DiagonalOperator, IdentityOperator, LowRankOperator, ShapeMismatchError
+from linop import (
+    DenseOperator,
+    DiagonalOperator,
+    IdentityOperator,
+    LowRankOperator,
+    ShapeMismatchError,
+)
 from linop.testing import check_operator
+from tests.linop._helpers import assert_pickles
 
 D64 = torch.float64
 
@@ -17,7 +28,7 @@ def test_identity():
 
 def test_identity_like_copies_dtype_and_rejects_rectangular():
     A = DenseOperator(_rand(4, 4))
-    I = IdentityOperator.like(A)
+    I = IdentityOperator.like(A)  # noqa: E741 - the identity, as in the math
     assert (I.shape, I.dtype, I.device) == (A.shape, A.dtype, A.device)
     with pytest.raises(ShapeMismatchError, match="square"):
         IdentityOperator.like(DenseOperator(_rand(3, 4)))
@@ -73,3 +84,14 @@ def test_lowrank_indefinite_and_bad_shapes():
         LowRankOperator(V, torch.ones(3, dtype=D64))
     with pytest.raises(ValueError, match="dtype"):
         LowRankOperator(V, torch.ones(2, dtype=torch.float32))
+
+
+def test_structured_operators_pickle():
+    X = _rand(5, 2, seed=1)
+    assert_pickles(DenseOperator(_rand(5, 5)), X)
+    assert_pickles(DenseOperator(_rand(5, 3)), X[:3])
+    V = torch.linalg.qr(_rand(5, 2, seed=2)).Q
+    low = assert_pickles(LowRankOperator(V, torch.tensor([2.0, -1.0], dtype=D64)), X)
+    assert low.rank == 2
+    assert_pickles(DiagonalOperator(_rand(5)), X)
+    assert_pickles(IdentityOperator(5, D64), X)

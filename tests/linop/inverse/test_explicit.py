@@ -1,0 +1,105 @@
+"""The explicit method (linop.inverse.explicit): materialise, factorise once (Cholesky, else LU),
+refuse singular matrices at the operator's own precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from linop import (
+    DenseMemoryError,
+    DenseOperator,
+    DiagonalOperator,
+    ExplicitOptions,
+    HessianOperator,
+    IdentityOperator,
+    NegativeCurvatureWarning,
+    SingularOperatorError,
+    StopReason,
+    solve,
+)
+from linop.tags import Tags
+from linop.testing import assert_close, check_operator
+from tests.linop._helpers import Counting, gen, spd
+
+D64 = torch.float64
+_gen, _spd = gen, spd
+
+
+def test_explicit_singular_and_indefinite():
+    S = torch.diag(torch.tensor([1.0, 2.0, 0.0], dtype=D64))
+    with pytest.raises(SingularOperatorError, match="lam"):
+        DenseOperator(S).inverse("explicit") @ torch.ones(3, dtype=D64)
+    with pytest.raises(SingularOperatorError):
+        DenseOperator(
+            torch.ones(3, 3, dtype=D64) + torch.triu(torch.ones(3, 3, dtype=D64)) * 0
+        ).inverse("explicit") @ torch.ones(3, dtype=D64)
+    indefinite = DenseOperator(torch.diag(torch.tensor([1.0, -2.0], dtype=D64)))
+    with pytest.warns(NegativeCurvatureWarning, match="LU"):
+        x = indefinite.inverse("explicit") @ torch.ones(2, dtype=D64)
+    assert_close(x, torch.tensor([1.0, -0.5], dtype=D64))
+    with pytest.raises(DenseMemoryError):
+        IdentityOperator(5000, D64).inverse("explicit", max_bytes=1000) @ torch.ones(
+            5000, dtype=D64
+        )
+
+
+def test_explicit_float32_retries_in_float64():
+    M = _spd(6, 8, 1e-7, 1.0).float()
+    A = DenseOperator(M, Tags(psd=True))
+    x = A.inverse("explicit") @ torch.ones(6)
+    assert x.dtype == torch.float32 and torch.isfinite(x).all()
+
+
+def test_explicit_solves_a_well_posed_ill_conditioned_float32_matrix():
+    d = torch.logspace(0, -4, 1000)
+    x = solve(DiagonalOperator(d), torch.ones(1000), "explicit")
+    assert_close(x.double(), 1 / d.double(), 1e-5)
+
+
+def test_explicit_judges_singularity_at_the_operators_own_precision():
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+    H = HessianOperator(
+        lambda w, X, y: F.cross_entropy(X @ w.reshape(4, 3), y), (torch.zeros(12), X, y)
+    )
+    with pytest.raises(SingularOperatorError):  # softmax: an exact null space, in float32
+        solve(H, torch.randn(12, generator=g), "explicit")
+
+
+def test_explicit_inverses_against_dense():
+    M = _spd(6, 3)
+    check_operator(
+        DenseOperator(M, Tags(psd=True)).inverse("explicit"), torch.linalg.inv(M), rtol=1e-8
+    )
+    R = DenseOperator(M, Tags(psd=True)) - 0.5 * IdentityOperator(6, D64)  # shifted, still SPD
+    check_operator(
+        R.inverse("explicit"), torch.linalg.inv(M - 0.5 * torch.eye(6, dtype=D64)), rtol=1e-8
+    )
+    N = torch.randn(5, 5, dtype=D64, generator=_gen(4)) + 5 * torch.eye(5, dtype=D64)
+    inv = DenseOperator(N).inverse("explicit")
+    check_operator(inv, torch.linalg.inv(N), rtol=1e-8)
+    assert inv.strategy.kind == "lu" and inv.info.extra["factorization"] == "lu"
+
+
+def test_explicit_options_change_how_not_what():
+    C = Counting(_spd(8, 5))
+    B = torch.randn(8, 2, dtype=D64, generator=_gen(1))
+    ref = torch.linalg.solve(C.M, B)
+    inv = C.inverse(ExplicitOptions(chunk_size=3))
+    assert_close(inv @ B, ref, 1e-9)
+    assert C.count == 8 and inv.info.hvps == 8 and inv.info.reasons == [StopReason.DIRECT] * 2
+    assert inv.strategy.kind == "cholesky"
+    with pytest.raises(DenseMemoryError):
+        C.inverse("explicit", max_bytes=8 * 8 * 8 - 1) @ B
+    assert_close(C.inverse("explicit", max_bytes=10, force=True) @ B, ref, 1e-9)
+
+
+def test_a_singular_matrix_is_refused_by_solve_too():
+    with pytest.raises(SingularOperatorError, match="singular"):
+        solve(
+            DiagonalOperator(torch.tensor([1.0, 0.0], dtype=D64)),
+            torch.ones(2, dtype=D64),
+            "explicit",
+        )
