@@ -378,21 +378,10 @@ def ihvp_lissa(
     """
     _check_mode(mode)
 
+    options = (argnums, batch_size, num_repeat, recursion_depth, damping, scaling, collate_fn, mode)
+
     def _ihvp(x: tuple[Any, ...], v: Tensor, in_dims: tuple | None = None) -> Tensor:
-        return _lissa(
-            func,
-            x,
-            v,
-            in_dims,
-            argnums,
-            batch_size,
-            num_repeat,
-            recursion_depth,
-            damping,
-            scaling,
-            collate_fn,
-            mode,
-        )
+        return _lissa(func, x, v, in_dims, *options)
 
     return _ihvp
 
@@ -414,11 +403,8 @@ def ihvp_at_x_lissa(
 
     def _ihvp(v: Tensor) -> Tensor:
         _check_mode(mode)
-        return _lissa(
+        return ihvp_lissa(
             func,
-            x,
-            v,
-            in_dims,
             argnums,
             batch_size,
             num_repeat,
@@ -427,7 +413,7 @@ def ihvp_at_x_lissa(
             scaling,
             collate_fn,
             mode,
-        )
+        )(x, v, in_dims)
 
     return _ihvp
 

@@ -72,3 +72,24 @@ def random_operator(kind: str, n: int, seed: int) -> LinearOperator:
         V = torch.linalg.qr(torch.randn(n, 2, dtype=D64, generator=g)).Q
         return LowRankOperator(V, torch.rand(2, dtype=D64, generator=g))
     return IdentityOperator(n, D64)
+
+
+def logreg_problem(n: int = 20, d: int = 4, c: int = 3, seed: int = 0):
+    """A multinomial logistic regression loss ``loss(w, X, y)`` in float64, its point and data."""
+    g = gen(seed)
+    X = torch.randn(n, d, dtype=torch.float64, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    w = 0.1 * torch.randn(d * c, dtype=torch.float64, generator=g)
+
+    def loss(w: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(X @ w.reshape(d, c), y)
+
+    return loss, w, X, y
+
+
+def mlp(seed: int = 0) -> torch.nn.Module:
+    """A small float64 MLP 3-4-2 with tanh."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).to(
+        torch.float64
+    )

@@ -19,35 +19,16 @@ from linop import (
     TensorBatches,
 )
 from linop.testing import assert_close, check_operator
-from tests.linop._helpers import assert_pickles, gen
+from tests.linop._helpers import assert_pickles, gen, logreg_problem, mlp
 
 D64 = torch.float64
 MODES = ["rev-rev", "rev-fwd"]
 _gen = gen
 
 
-def _logreg_problem(n=20, d=4, c=3, seed=0):
-    g = _gen(seed)
-    X = torch.randn(n, d, dtype=D64, generator=g)
-    y = torch.randint(0, c, (n,), generator=g)
-    w = 0.1 * torch.randn(d * c, dtype=D64, generator=g)
-
-    def loss(w, X, y):
-        return torch.nn.functional.cross_entropy(X @ w.reshape(d, c), y)
-
-    return loss, w, X, y
-
-
-def _mlp(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).to(
-        D64
-    )
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_dataset_mean_equals_full_batch(mode):
-    loss, w, X, y = _logreg_problem(n=23)
+    loss, w, X, y = logreg_problem(n=23)
     full = hessian(loss)(w, X, y)
     uneven = [(X[:5], y[:5]), (X[5:17], y[5:17]), (X[17:], y[17:])]
     H = HessianOperator.from_batches(loss, w, uneven, mode=mode)
@@ -62,7 +43,7 @@ def test_dataset_mean_equals_full_batch(mode):
 
 
 def test_from_module_over_a_dataloader():
-    model = _mlp(1)
+    model = mlp(1)
     g = _gen(4)
     X, y = torch.randn(12, 3, dtype=D64, generator=g), torch.randint(0, 2, (12,), generator=g)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=5)
@@ -72,7 +53,7 @@ def test_from_module_over_a_dataloader():
 
 
 def test_sample_draws_reproducible_minibatches():
-    loss, w, X, y = _logreg_problem(n=30)
+    loss, w, X, y = logreg_problem(n=30)
     H = HessianOperator.from_data(loss, w, (X, y), batch_size=10)
     a = H.minibatch(torch.Generator().manual_seed(7), batch_size=5)
     b = H.minibatch(torch.Generator().manual_seed(7), batch_size=5)
@@ -234,7 +215,7 @@ def test_empty_data_is_an_error():
     with pytest.raises(ValueError, match="no batches"):
         HessianOperator.from_data(loss, w, (X[:0], y[:0]), 4)
     with pytest.raises(ValueError, match="no batches"):
-        HessianOperator.from_module(_mlp(), F.cross_entropy, [])
+        HessianOperator.from_module(mlp(), F.cross_entropy, [])
 
 
 def test_repr_names_the_operator_and_the_source():

@@ -19,7 +19,7 @@ from linop import (
     hvp,
 )
 from linop.testing import assert_close, check_operator
-from tests.linop._helpers import assert_pickles
+from tests.linop._helpers import assert_pickles, logreg_problem, mlp
 
 D64 = torch.float64
 MODES = ["rev-rev", "rev-fwd"]
@@ -27,18 +27,6 @@ MODES = ["rev-rev", "rev-fwd"]
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
-
-
-def _logreg_problem(n=20, d=4, c=3, seed=0):
-    g = _gen(seed)
-    X = torch.randn(n, d, dtype=D64, generator=g)
-    y = torch.randint(0, c, (n,), generator=g)
-    w = 0.1 * torch.randn(d * c, dtype=D64, generator=g)
-
-    def loss(w, X, y):
-        return torch.nn.functional.cross_entropy(X @ w.reshape(d, c), y)
-
-    return loss, w, X, y
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -53,14 +41,14 @@ def test_quadratic(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_logistic_regression_with_integer_labels(mode):
-    loss, w, X, y = _logreg_problem()
+    loss, w, X, y = logreg_problem()
     H = HessianOperator(loss, (w, X, y), mode=mode)
     check_operator(H, hessian(loss)(w, X, y))
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_argnums_selects_the_input(mode):
-    loss, w, X, y = _logreg_problem()
+    loss, w, X, y = logreg_problem()
     f = lambda X, w, y: loss(w, X, y)  # noqa: E731
     H = HessianOperator(f, (X, w, y), argnums=1, mode=mode)
     check_operator(H, hessian(loss)(w, X, y))
@@ -68,16 +56,9 @@ def test_argnums_selects_the_input(mode):
     assert_close(H_neg.to_dense(), H.to_dense())
 
 
-def _mlp(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).to(
-        D64
-    )
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_mlp_with_dict_parameters(mode):
-    model = _mlp()
+    model = mlp()
     g = _gen(2)
     X, y = torch.randn(16, 3, dtype=D64, generator=g), torch.randint(0, 2, (16,), generator=g)
     params = {k: p.detach() for k, p in model.named_parameters()}
@@ -96,7 +77,7 @@ def test_mlp_with_dict_parameters(mode):
 
 
 def test_chunk_size_and_cache_do_not_change_results():
-    loss, w, X, y = _logreg_problem()
+    loss, w, X, y = logreg_problem()
     V = torch.randn(w.numel(), 7, dtype=D64, generator=_gen(3))
     ref = HessianOperator(loss, (w, X, y)) @ V
     for mode in MODES:
@@ -110,14 +91,14 @@ def test_chunk_size_and_cache_do_not_change_results():
 
 
 def test_psd_flag_and_symmetry():
-    loss, w, X, y = _logreg_problem()
+    loss, w, X, y = logreg_problem()
     assert HessianOperator(loss, (w, X, y)).tags.symmetric
     assert not HessianOperator(loss, (w, X, y)).tags.psd
     assert HessianOperator(loss, (w, X, y), psd=True).tags.psd
 
 
 def test_bad_inputs():
-    loss, w, X, y = _logreg_problem()
+    loss, w, X, y = logreg_problem()
     with pytest.raises(NonScalarLossError, match="single-element"):
         HessianOperator(lambda w: w * 2, (w,))
     with pytest.raises(NonScalarLossError, match=r"torch\.Tensor"):
@@ -188,7 +169,7 @@ def test_functional_hvp_with_a_negative_argnums():
 
 
 def test_functional_hvp_against_torch_func_hessian():
-    loss, w, X, y = _logreg_problem()
+    loss, w, X, y = logreg_problem()
     v = torch.randn(w.numel(), dtype=D64, generator=_gen(9))
     expected = hessian(loss)(w, X, y) @ v
     for mode in MODES:
