@@ -1,4 +1,4 @@
-"""A drop-in compatibility package for ``dattri.func`` (dattri 0.2.0), built on :mod:`linop`.
+"""A drop-in compatibility package for ``dattri.func`` (dattri 0.2.0), built on [`linop`][linop].
 
 ``dattri.func.hessian``, ``dattri.func.projection`` and ``dattri.func.utils`` keep their documented
 signatures; every function calls linop, and the known bugs of 0.2.0 are fixed (see the migration

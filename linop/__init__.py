@@ -1,8 +1,8 @@
 """linop: linear operators for curvature, influence functions and data attribution.
 
-Everything is a :class:`LinearOperator`: Hessians of losses, their regularised inverses and
-random projections compose with ``+``, scalar ``*``, ``@`` and ``.T``, and convert to and from
-scipy.
+Everything is a [`LinearOperator`][linop.LinearOperator]: Hessians of losses, their regularised
+inverses and random projections compose with ``+``, scalar ``*``, ``@`` and ``.T``, and convert to
+and from scipy.
 
 Example:
     >>> import torch

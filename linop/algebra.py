@@ -1,8 +1,9 @@
 """Lazy composites: sums, scalings, products, adjoints and the regularised ``A + λI``.
 
-Composites are flat: ``A + B + C`` is one :class:`SumOperator` of three terms and ``2 * (3 * A)`` is
-one :class:`ScaledOperator`. ``A + λ * I`` is a :class:`RegularizedOperator` that remembers its
-shift, so solvers can exploit it.
+Composites are flat: ``A + B + C`` is one [`SumOperator`][linop.SumOperator] of three terms and
+``2 * (3 * A)`` is one [`ScaledOperator`][linop.ScaledOperator]. ``A + λ * I`` is a
+[`RegularizedOperator`][linop.RegularizedOperator] that remembers its shift, so solvers can
+exploit it.
 
 Example:
     >>> import torch
@@ -55,12 +56,14 @@ def add(a: LinearOperator, b: LinearOperator) -> LinearOperator:
 
 
 def split_shift(op: LinearOperator) -> tuple[LinearOperator, float]:
-    """``(A, λ)`` for ``op = A + λI`` (a :class:`RegularizedOperator`), else ``(op, 0.0)``."""
+    """``(A, λ)`` for ``op = A + λI`` (a [`RegularizedOperator`][linop.RegularizedOperator]), else
+    ``(op, 0.0)``."""
     return (op.base, op.shift) if isinstance(op, RegularizedOperator) else (op, 0.0)
 
 
 def _finite(c: float, what: str) -> float:
-    """``c`` as a float, or :class:`~linop.errors.NonFiniteError` if it is NaN or infinite."""
+    """``c`` as a float, or [`NonFiniteError`][linop.errors.NonFiniteError] if it is NaN or
+    infinite."""
     if not math.isfinite(float(c)):
         raise NonFiniteError(f"the {what} is {float(c)}; an operator needs a finite one")
     return float(c)
@@ -96,6 +99,12 @@ class SumOperator(LinearOperator):
     def _adjoint(self) -> LinearOperator:
         return self if self.tags.symmetric else SumOperator([t.adjoint() for t in self.terms])
 
+    def _to_dense(self, chunk_size: int | None) -> torch.Tensor:
+        out = self.terms[0]._to_dense(chunk_size)
+        for t in self.terms[1:]:
+            out = out + t._to_dense(chunk_size)
+        return out
+
     def _repr_args(self) -> str:
         return f"terms={len(self.terms)}"
 
@@ -121,6 +130,9 @@ class ScaledOperator(LinearOperator):
 
     def _adjoint(self) -> LinearOperator:
         return self if self.tags.symmetric else ScaledOperator(self.base.adjoint(), self.scalar)
+
+    def _to_dense(self, chunk_size: int | None) -> torch.Tensor:
+        return self.scalar * self.base._to_dense(chunk_size)
 
     def _repr_args(self) -> str:
         return f"scalar={self.scalar:g}"
@@ -215,6 +227,11 @@ class RegularizedOperator(LinearOperator):
 
     def _adjoint(self) -> LinearOperator:
         return self if self.tags.symmetric else RegularizedOperator(self.base.adjoint(), self.shift)
+
+    def _to_dense(self, chunk_size: int | None) -> torch.Tensor:
+        M = self.base._to_dense(chunk_size)
+        M.diagonal().add_(self.shift)  # the base's matrix is a fresh tensor
+        return M
 
     def _repr_args(self) -> str:
         return f"shift={self.shift:g}"

@@ -1,20 +1,21 @@
 """Data sources: where the batches of a dataset mean come from.
 
-Every source implements one small protocol, :class:`DataSource`: iterate the batches (as tuples),
-count the examples of a batch and of the whole source, draw a reproducible minibatch, and reduce
-a sum over the source (across ranks, for a sharded source). :func:`as_source` turns what users
-pass — tensors, DataLoaders, lists of batches — into one; no operator tells them apart itself.
+Every source implements one small protocol, [`DataSource`][linop.DataSource]: iterate the batches
+(as tuples), count the examples of a batch and of the whole source, draw a reproducible minibatch,
+and reduce a sum over the source (across ranks, for a sharded source).
+[`as_source`][linop.as_source] turns what users pass — tensors, DataLoaders, lists of batches — into
+one; no operator tells them apart itself.
 
-- :class:`TensorBatches`: tensors sharing an example dimension (``in_dims`` says which; None marks
-  an input shared by every example), in batches of ``batch_size``; minibatches are drawn example
-  by example.
-- :class:`LoaderData`: a ``torch.utils.data.DataLoader``; minibatches are drawn example by example
-  from its dataset and collated by its ``collate_fn``.
-- :class:`Batches`: any re-iterable of batches (tuples or lists), a list for instance; a
+- [`TensorBatches`][linop.TensorBatches]: tensors sharing an example dimension (``in_dims`` says
+  which; None marks an input shared by every example), in batches of ``batch_size``; minibatches are
+  drawn example by example.
+- [`LoaderData`][linop.LoaderData]: a ``torch.utils.data.DataLoader``; minibatches are drawn example
+  by example from its dataset and collated by its ``collate_fn``.
+- [`Batches`][linop.Batches]: any re-iterable of batches (tuples or lists), a list for instance; a
   minibatch is one of its batches, drawn whole.
-- :class:`ShardedData`: this rank's shard of a dataset spread over a ``torch.distributed``
-  process group: sums are all-reduced (with a timeout), and minibatch draws share one seed plus
-  the rank.
+- [`ShardedData`][linop.ShardedData]: this rank's shard of a dataset spread over a
+  ``torch.distributed`` process group: sums are all-reduced (with a timeout), and minibatch draws
+  share one seed plus the rank.
 
 Example:
     >>> import torch
@@ -30,11 +31,13 @@ Example:
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 
+from linop._checks import positive_int
 from linop.distributed import DEFAULT_TIMEOUT_SECONDS, all_reduce_sum, rank, resolve_group
 
 __all__ = ["Batches", "DataSource", "LoaderData", "ShardedData", "TensorBatches", "as_source"]
@@ -59,12 +62,12 @@ def leading_size(batch: Batch) -> int:
 class DataSource:
     """The protocol every data source implements.
 
-    Subclasses implement :meth:`__iter__`; the others have defaults: the examples of a batch are
+    Subclasses implement `__iter__`; the others have defaults: the examples of a batch are
     the leading dimension of its first tensor (or ``examples_in``'s answer), the total is a
     pass over the batches, a source draws no minibatches, and sums are local.
 
     Args:
-        examples_in: the number of examples of a batch (default: :func:`leading_size`).
+        examples_in: the number of examples of a batch (default: `leading_size`).
     """
 
     def __init__(self, examples_in: Callable[[Batch], int] | None = None) -> None:
@@ -120,15 +123,24 @@ class TensorBatches(DataSource, Sequence[Batch]):
         in_dims = tuple(in_dims) if in_dims is not None else (0,) * len(data)
         if len(in_dims) != len(data):
             raise ValueError(f"in_dims has {len(in_dims)} entries for {len(data)} inputs")
+        for i, (t, d) in enumerate(zip(data, in_dims, strict=True)):
+            if d is not None and not isinstance(t, torch.Tensor):
+                raise TypeError(
+                    f"input {i} has an example dimension (in_dims[{i}] = {d}) but is a "
+                    f"{type(t).__name__}, not a tensor; mark shared inputs with None"
+                )
+            if d is not None and not -t.ndim <= d < max(t.ndim, 1):
+                raise ValueError(
+                    f"in_dims[{i}] = {d} is out of range for input {i} of shape {tuple(t.shape)}"
+                )
         sizes = {t.shape[d] for t, d in zip(data, in_dims, strict=True) if d is not None}
         if not sizes:
             raise TypeError("at least one input must have an example dimension")
         if len(sizes) != 1:
             raise ValueError(f"every input needs the same number of examples, got {sorted(sizes)}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        positive_int("batch_size", batch_size, allow_none=False)
         self.data, self.in_dims = data, in_dims
-        self.batch_size = int(batch_size)
+        self.batch_size = operator.index(batch_size)
         self._count = sizes.pop()
         self._axis = next(i for i, d in enumerate(in_dims) if d is not None)
 
@@ -165,7 +177,7 @@ class TensorBatches(DataSource, Sequence[Batch]):
         )
 
     def minibatch(self, generator: torch.Generator, batch_size: int | None = None) -> Batch:
-        """``batch_size`` distinct examples (default: :attr:`batch_size`) drawn uniformly."""
+        """``batch_size`` distinct examples (default: `batch_size`) drawn uniformly."""
         return self.take(_draw_examples(self._count, batch_size, self.batch_size, generator))
 
 
@@ -296,6 +308,8 @@ class Batches(DataSource):
                 "batches given as a list are drawn whole; pass batch_size=None, or build the "
                 "operator with from_data (tensors) to draw examples"
             )
+        if not len(self.batches):
+            raise ValueError("the dataset has no batches to draw from")
         return as_batch(
             self.batches[int(torch.randint(len(self.batches), (1,), generator=generator))]
         )
@@ -304,9 +318,9 @@ class Batches(DataSource):
 class ShardedData(DataSource):
     """This rank's shard of a dataset spread over a ``torch.distributed`` process group.
 
-    Iterates the local source; :meth:`reduce` all-reduces a sum and its example count over the
+    Iterates the local source; `reduce` all-reduces a sum and its example count over the
     ranks, waiting at most ``timeout`` seconds (a rank that died or hangs surfaces as a
-    :class:`~linop.errors.DistributedError`); :meth:`minibatch` makes one shared draw from the
+    [`DistributedError`][linop.errors.DistributedError]); `minibatch` makes one shared draw from the
     generator, then draws from the local source with that draw plus the rank, so every rank
     draws its own minibatch reproducibly.
 
@@ -319,6 +333,11 @@ class ShardedData(DataSource):
     def __init__(
         self, source: DataSource, process_group: Any, timeout: float = DEFAULT_TIMEOUT_SECONDS
     ) -> None:
+        if not isinstance(source, DataSource):
+            raise TypeError(
+                f"ShardedData wraps a DataSource, got {type(source).__name__}; pass "
+                f"as_source(data, process_group=...) to build one from a list or a DataLoader"
+            )
         super().__init__(source.examples_in)
         self.source = source
         self.process_group = resolve_group(process_group)
@@ -355,14 +374,21 @@ def as_source(
     process_group: Any = None,
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> DataSource:
-    """The data source for ``data``: a :class:`DataSource` as it is, a DataLoader as
-    :class:`LoaderData`, any other re-iterable of batches (a list) as :class:`Batches`; with a
-    ``process_group``, wrapped in a :class:`ShardedData`.
+    """The data source for ``data``: a [`DataSource`][linop.DataSource] as it is, a DataLoader as
+    [`LoaderData`][linop.LoaderData], any other re-iterable of batches (a list) as
+    [`Batches`][linop.Batches]; with a ``process_group``, wrapped in a
+    [`ShardedData`][linop.ShardedData].
 
     Raises:
         TypeError: for a one-shot iterator (a generator), which a second pass would find empty.
         DistributedError: for a process group when ``torch.distributed`` is not initialised.
     """
+    if isinstance(data, (torch.Tensor, str, bytes)):
+        raise TypeError(
+            f"data must be batches (a list of (X, y) tuples, a DataLoader or a DataSource), got "
+            f"a {type(data).__name__}; for tensors sharing an example dimension use "
+            f"TensorBatches((X, y), batch_size) or from_data"
+        )
     if isinstance(data, DataSource):
         source = data
     elif isinstance(data, torch.utils.data.DataLoader):

@@ -1,7 +1,7 @@
-"""The ``torch.distributed`` collectives behind :class:`~linop.data.ShardedData`.
+"""The ``torch.distributed`` collectives behind [`ShardedData`][linop.ShardedData].
 
 A dataset operator built with ``process_group=`` holds only this rank's shard of the data; its
-source is a :class:`~linop.data.ShardedData`, which all-reduces every sum over the batches
+source is a [`ShardedData`][linop.ShardedData], which all-reduces every sum over the batches
 together with the example count, so every rank holds the global mean ``Σ_b n_b A_b V / Σ_b n_b``
 over all shards. Solvers need no change: every rank runs the same solver on identical numbers (an
 all-reduce gives every rank the same result), so their decisions agree. LiSSA draws each rank's
@@ -9,7 +9,7 @@ minibatch from a seed shared by all ranks plus the rank, and averages the miniba
 across ranks.
 
 Every collective waits at most ``timeout`` seconds: a rank that died or hangs surfaces on the
-others as a :class:`~linop.errors.DistributedError`, never as a hang.
+others as a [`DistributedError`][linop.errors.DistributedError], never as a hang.
 
 Example (run with ``torchrun --nproc_per_node=2 script.py``)::
 

@@ -2,7 +2,8 @@
 tuple or list of tensors.
 
 Every module that turns parameters or per-example gradients into flat vectors uses
-:class:`FlatSpec`, so the order is the same everywhere: dict insertion order, tuple order.
+[`FlatSpec`][linop.FlatSpec], so the order is the same everywhere: dict insertion order, tuple
+order.
 
 Example:
     >>> import torch
@@ -23,7 +24,7 @@ from typing import Any, TypeAlias
 
 import torch
 
-from linop.errors import DTypeMismatchError, ShapeMismatchError
+from linop.errors import DeviceMismatchError, DTypeMismatchError, ShapeMismatchError
 
 __all__ = ["FlatSpec", "Tree"]
 
@@ -81,7 +82,8 @@ class FlatSpec:
         return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
 
     def unflatten(self, vector: torch.Tensor) -> Tree:
-        """Split a 1-D tensor of length :attr:`size` back into a tree of this layout."""
+        """Split a 1-D tensor of length [`size`][linop.FlatSpec.size] back into a tree of this
+        layout."""
         if vector.ndim != 1 or vector.shape[0] != self.size:
             raise ShapeMismatchError(
                 f"expected a flat vector of shape ({self.size},), got {tuple(vector.shape)}"
@@ -121,6 +123,11 @@ class FlatSpec:
                 raise DTypeMismatchError(
                     f"every tensor must share one dtype; {key!r} is {leaf.dtype}, "
                     f"the first is {leaves[0].dtype}"
+                )
+            if leaf.device != leaves[0].device:  # (a tensor's device always has one spelling)
+                raise DeviceMismatchError(
+                    f"every tensor must be on one device; {key!r} is on {leaf.device}, the first "
+                    f"on {leaves[0].device}"
                 )
         return leaves
 

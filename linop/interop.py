@@ -1,9 +1,9 @@
 """scipy interoperability, both ways.
 
-:func:`to_scipy` views any linop operator as a ``scipy.sparse.linalg.LinearOperator`` (so
-``eigsh``, ``cg``, ``gmres``… run on it, CUDA operators included: vectors cross to the
-operator's device and back). :func:`aslinearoperator` brings scipy operators, scipy sparse
-matrices, numpy arrays and torch tensors into linop.
+[`to_scipy`][linop.to_scipy] views any linop operator as a ``scipy.sparse.linalg.LinearOperator``
+(so ``eigsh``, ``cg``, ``gmres``… run on it, CUDA operators included: vectors cross to the
+operator's device and back). [`aslinearoperator`][linop.aslinearoperator] brings scipy operators,
+scipy sparse matrices, numpy arrays and torch tensors into linop.
 
 Example:
     >>> import numpy as np, scipy.sparse.linalg as spla
@@ -23,6 +23,7 @@ import scipy.sparse
 import scipy.sparse.linalg as spla
 import torch
 
+from linop.errors import ShapeMismatchError
 from linop.operator import LinearOperator
 from linop.structured import DenseOperator
 from linop.tags import Tags
@@ -94,6 +95,15 @@ class ScipyOperator(LinearOperator):
     """
 
     def __init__(self, op: Any, dtype: torch.dtype | None = None, tags: Tags | None = None) -> None:
+        if isinstance(op, (str, bytes)) or not (
+            isinstance(op, (spla.LinearOperator, np.ndarray)) or scipy.sparse.issparse(op)
+        ):
+            raise TypeError(
+                f"ScipyOperator wraps a scipy LinearOperator, a scipy sparse matrix or a numpy "
+                f"array, got {type(op).__name__}"
+            )
+        if getattr(op, "ndim", 2) != 2:
+            raise ShapeMismatchError(f"ScipyOperator needs a 2-D array, got shape {op.shape}")
         op = spla.aslinearoperator(op)
         dtype = dtype or _torch_dtype_for_numpy(op.dtype)
         super().__init__(op.shape, dtype, "cpu", tags)
@@ -116,8 +126,8 @@ def aslinearoperator(
 
     Args:
         obj: a linop operator (returned as is), a torch tensor or numpy array (wrapped in a
-            :class:`DenseOperator`), a scipy sparse matrix or scipy ``LinearOperator`` (wrapped in
-            a :class:`ScipyOperator`).
+            [`DenseOperator`][linop.DenseOperator]), a scipy sparse matrix or scipy
+            ``LinearOperator`` (wrapped in a [`ScipyOperator`][linop.ScipyOperator]).
         dtype: convert a tensor or array to this dtype first (explicit, never silent).
         device: put a tensor or array on this device first.
 

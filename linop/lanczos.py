@@ -1,13 +1,12 @@
 """Lanczos: the top eigenpairs of a symmetric operator, kept in the operator's cache.
 
-:func:`lanczos` runs the symmetric Arnoldi iteration with full reorthogonalisation from a seeded
-start, restarting with a fresh vector orthogonal to the basis whenever it finds an invariant
-subspace early (the common case for softmax losses, whose Hessians have an exact null space).
-:func:`eigh` turns a run into Ritz pairs and keeps them in :attr:`LinearOperator.cache
-<linop.operator.LinearOperator.cache>` of the operator they describe, so the eigendecomposition,
-the Arnoldi inverse, deflated CG and the Arnoldi projection share one run, and
-``(H + λI)`` for a sweep of ``λ`` costs no new products (the Krylov space of ``H + λI`` is that of
-``H``).
+[`lanczos`][linop.lanczos.lanczos] runs the symmetric Arnoldi iteration with full
+reorthogonalisation from a seeded start, restarting with a fresh vector orthogonal to the basis
+whenever it finds an invariant subspace early (the common case for softmax losses, whose Hessians
+have an exact null space). [`eigh`][linop.lanczos.eigh] turns a run into Ritz pairs and keeps them
+in `LinearOperator.cache` of the operator they describe, so the eigendecomposition, the Arnoldi
+inverse, deflated CG and the Arnoldi projection share one run, and ``(H + λI)`` for a sweep of
+``λ`` costs no new products (the Krylov space of ``H + λI`` is that of ``H``).
 
 Example:
     >>> import torch
@@ -21,9 +20,14 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from linop._checks import integer, non_negative
+from linop._checks import seed as check_seed
 from linop.algebra import split_shift
+from linop.errors import NonFiniteError
 from linop.operator import LinearOperator
 from linop.structured import LowRankOperator
 
@@ -82,6 +86,11 @@ def lanczos(
             Q[j] = q
             w = apply(q)
             a = float(q @ w)
+            if not math.isfinite(a):
+                raise NonFiniteError(
+                    f"a product of {A!r} has NaN or infinite entries (Lanczos step {j}): the "
+                    f"operator is not finite, so it has no eigenpairs"
+                )
             alpha[j] = a
             w = w - a * q
             if j > 0 and beta[j - 1] != 0:
@@ -124,8 +133,8 @@ def eigh(
     """The top-``k`` eigenpairs of ``A + shift·I`` for a symmetric ``A``, and the operator
     products the call cost (0 when they were in the cache).
 
-    ``A = B + λI`` (a :class:`~linop.algebra.RegularizedOperator`) is decomposed through ``B``:
-    the run is kept in ``B.cache`` and serves every shift. The top ``k`` are chosen among the
+    ``A = B + λI`` (a [`RegularizedOperator`][linop.RegularizedOperator]) is decomposed through
+    ``B``: the run is kept in ``B.cache`` and serves every shift. The top ``k`` are chosen among the
     shifted Ritz values.
 
     Args:
@@ -134,13 +143,19 @@ def eigh(
         maxiter: Lanczos steps (default ``max(2k, k + 20)``, at most ``n``); more steps resolve
             the top eigenpairs more accurately.
         seed: the seed of the start vector (and of restarts).
-        tol: the relative breakdown threshold (see :func:`lanczos`).
+        tol: the relative breakdown threshold (see [`lanczos`][linop.lanczos.lanczos]).
         which: ``"LM"`` (largest magnitude of ``θ + shift``) or ``"LA"`` (largest algebraic).
         shift: ``λ`` added to every eigenvalue.
 
     Raises:
         ValueError: for an operator not tagged symmetric, ``k`` out of range or too few steps.
     """
+    k = integer("k", k)
+    seed = check_seed(seed)
+    if tol is not None:
+        non_negative("tol", tol)
+    if not math.isfinite(shift):
+        raise NonFiniteError(f"the shift is {shift}; eigenvalues of A + shift·I need a finite one")
     base, own_shift = split_shift(A)
     shift = shift + own_shift
     if not base.tags.symmetric:

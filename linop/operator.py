@@ -1,4 +1,4 @@
-"""The :class:`LinearOperator` base class.
+"""The [`LinearOperator`][linop.LinearOperator] base class.
 
 A subclass implements one method, ``_matmat(X)`` on an ``(n, k)`` tensor, plus ``_adjoint()``
 unless it is symmetric. Everything else — matvec, the algebra, ``to_dense``, ``to_scipy`` — comes
@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import copy
 import numbers
+import operator
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from linop._checks import integer
 from linop.errors import (
     DenseMemoryError,
     DeviceMismatchError,
@@ -35,9 +37,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from linop.structured import LowRankOperator
 
-__all__ = ["LinearOperator", "OperatorCache", "DEFAULT_DENSE_BUDGET_BYTES"]
+__all__ = ["LinearOperator", "OperatorCache", "DEFAULT_DENSE_BUDGET_BYTES", "canonical_device"]
 
-#: Default memory budget of :meth:`LinearOperator.to_dense`, in bytes (1 GiB).
+#: Default memory budget of `LinearOperator.to_dense`, in bytes (1 GiB).
 DEFAULT_DENSE_BUDGET_BYTES = 1 << 30
 
 
@@ -49,9 +51,20 @@ def _format_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
+def canonical_device(device: torch.device | str) -> torch.device:
+    """``device`` in one spelling per physical device: ``"cpu:0"`` is ``"cpu"``, and ``"cuda"``
+    is ``"cuda:<current device>"``, so that devices compare equal when they are the same."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class OperatorCache:
     """Set-up results computed from one operator (Lanczos eigenpairs, sketches), kept by that
-    operator as :attr:`LinearOperator.cache` and reused by every solver that needs them.
+    operator as `LinearOperator.cache` and reused by every solver that needs them.
 
     Entries are keyed by what produced them (the method and its parameters); an entry describes
     the operator's matrix, so copies that share the matrix (``with_tags``) share the cache.
@@ -89,12 +102,12 @@ class LinearOperator:
         shape: ``(m, n)``.
         dtype: the dtype of the vectors the operator accepts and returns.
         device: the device of those vectors.
-        tags: the structure the operator is known to have (see :class:`linop.tags.Tags`).
+        tags: the structure the operator is known to have (see [`linop.tags.Tags`][linop.Tags]).
 
     ``A @ x`` accepts ``x`` of shape ``(n,)`` (returns ``(m,)``) or ``(n, k)`` (returns ``(m, k)``);
     ``A @ B`` with ``B`` an operator is a lazy product; ``x @ A`` multiplies row vectors through
     the adjoint. ``+``, ``-``, scalar ``*`` and ``/`` build lazy composites; ``A + λ * I`` gives a
-    :class:`~linop.algebra.RegularizedOperator`.
+    [`RegularizedOperator`][linop.RegularizedOperator].
     """
 
     def __init__(
@@ -104,7 +117,10 @@ class LinearOperator:
         device: torch.device | str,
         tags: Tags | None = None,
     ) -> None:
-        m, n = (int(s) for s in shape)
+        try:
+            m, n = (operator.index(s) for s in shape)
+        except TypeError:
+            raise ValueError(f"operator shape must be two integers, got {shape}") from None
         if m < 0 or n < 0:
             raise ValueError(f"operator shape must be non-negative, got {shape}")
         if not dtype.is_floating_point:
@@ -114,10 +130,15 @@ class LinearOperator:
             )
         self.shape: tuple[int, int] = (m, n)
         self.dtype: torch.dtype = dtype
-        self.device: torch.device = torch.device(device)
+        self.device: torch.device = canonical_device(device)
+        if self.device.type == "meta":
+            raise DeviceMismatchError(
+                "an operator on the meta device has no data to compute with; build it from real "
+                "tensors (on the CPU or a GPU)"
+            )
         # symmetric, psd and nsd describe square matrices only (0 * A of a rectangular A is not)
         self.tags: Tags = tags if tags is not None and m == n else Tags()
-        #: set-up results computed from this operator (see :class:`OperatorCache`)
+        #: set-up results computed from this operator (see `OperatorCache`)
         self.cache: OperatorCache = OperatorCache()
 
     # ------------------------------------------------------------------ the subclass contract
@@ -141,12 +162,14 @@ class LinearOperator:
                 f"{self!r} has dtype {self.dtype} but the {what} has dtype {x.dtype}; "
                 f"convert it with .to({self.dtype}) (linop never casts silently)"
             )
-        if x.device != self.device and not (
-            x.device.type == self.device.type and self.device.index is None
-        ):
+        if canonical_device(x.device) != self.device:
+            fix = (
+                "the meta device holds no data: pass a real tensor"
+                if x.device.type == "meta"
+                else f"move it with .to('{self.device}') (linop never moves data silently)"
+            )
             raise DeviceMismatchError(
-                f"{self!r} lives on {self.device} but the {what} is on {x.device}; "
-                f"move it with .to('{self.device}') (linop never moves data silently)"
+                f"{self!r} lives on {self.device} but the {what} is on {x.device}; {fix}"
             )
 
     def _check_compatible(self, other: LinearOperator, op: str) -> None:
@@ -167,6 +190,8 @@ class LinearOperator:
             raise ShapeMismatchError(
                 f"{self!r} expects a matrix of shape ({self.shape[1]}, k), got {tuple(X.shape)}"
             )
+        if X.shape[1] == 0:  # no columns: nothing to apply (solvers and HVPs need one)
+            return X.new_zeros(self.shape[0], 0)
         Y = self._matmat(X)
         if Y.shape != (self.shape[0], X.shape[1]):  # pragma: no cover - guards subclasses
             raise RuntimeError(
@@ -182,7 +207,13 @@ class LinearOperator:
             raise ShapeMismatchError(
                 f"{self!r} expects a vector of shape ({self.shape[1]},), got {tuple(x.shape)}"
             )
-        return self._matmat(x.unsqueeze(1)).squeeze(1)
+        y = self._matmat(x.unsqueeze(1))
+        if y.shape != (self.shape[0], 1):  # pragma: no cover - guards subclasses
+            raise RuntimeError(
+                f"{type(self).__name__}._matmat returned shape {tuple(y.shape)}, "
+                f"expected {(self.shape[0], 1)}"
+            )
+        return y.squeeze(1)
 
     def adjoint(self) -> LinearOperator:
         """The adjoint (transpose) operator ``Aᵀ``, with ``⟨A x, y⟩ = ⟨x, Aᵀ y⟩``."""
@@ -190,7 +221,7 @@ class LinearOperator:
 
     @property
     def T(self) -> LinearOperator:  # noqa: N802 - mirrors torch / numpy
-        """Alias of :meth:`adjoint`."""
+        """Alias of [`adjoint`][linop.LinearOperator.adjoint]."""
         return self.adjoint()
 
     def __matmul__(self, other: Any) -> Any:
@@ -205,7 +236,10 @@ class LinearOperator:
                 f"{self!r} acts on tensors of shape ({self.shape[1]},) or ({self.shape[1]}, k), "
                 f"got {tuple(other.shape)}"
             )
-        return NotImplemented
+        raise TypeError(
+            f"{self!r} multiplies a torch.Tensor or a LinearOperator, got "
+            f"{type(other).__name__}; convert it with torch.as_tensor(...)"
+        )
 
     def __rmatmul__(self, other: Any) -> Any:
         if isinstance(other, torch.Tensor):
@@ -255,13 +289,13 @@ class LinearOperator:
         return self * (1.0 / float(c))
 
     def regularize(self, shift: float) -> LinearOperator:
-        """``A + shift * I`` as a :class:`~linop.algebra.RegularizedOperator`."""
+        """``A + shift * I`` as a [`RegularizedOperator`][linop.RegularizedOperator]."""
         return _algebra.RegularizedOperator(self, shift)
 
     def inverse(self, method: Any = "cg", **options: Any) -> LinearOperator:
         """The lazy inverse ``A⁻¹`` by ``method`` (``"explicit"``, ``"cg"``, ``"arnoldi"``,
         ``"lissa"``, or a typed options object such as ``CGOptions(rtol=1e-6)``); see
-        :class:`~linop.inverse.InverseOperator` for the options. Unknown or invalid options
+        [`InverseOperator`][linop.InverseOperator] for the options. Unknown or invalid options
         raise here, listing the valid ones.
 
         Set-up work runs once, on the first product, and is reused for every right-hand side.
@@ -270,9 +304,9 @@ class LinearOperator:
 
     def eigh(self, k: int, **options: Any) -> LowRankOperator:
         """The top-``k`` eigenpairs of a symmetric operator as a
-        :class:`~linop.structured.LowRankOperator` ``V diag(θ) Vᵀ`` (Lanczos with full
-        reorthogonalisation from a seeded start, kept in :attr:`cache`). Options as
-        :func:`linop.lanczos.eigh`: ``maxiter``, ``seed``, ``tol``, ``which``.
+        [`LowRankOperator`][linop.LowRankOperator] ``V diag(θ) Vᵀ`` (Lanczos with full
+        reorthogonalisation from a seeded start, kept in `cache`). Options as
+        [`linop.lanczos.eigh`][linop.lanczos.eigh]: ``maxiter``, ``seed``, ``tol``, ``which``.
         """
         return _lanczos.eigh(self, k, **options)[0]
 
@@ -308,6 +342,10 @@ class LinearOperator:
         m, n = self.shape
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         estimate = m * n * itemsize
+        if not isinstance(max_bytes, (int, float)) or max_bytes < 0:
+            raise ValueError(f"max_bytes must be a non-negative number, got {max_bytes!r}")
+        if chunk_size is not None:
+            integer("chunk_size", chunk_size, 1)
         if estimate > max_bytes and not force:
             raise DenseMemoryError(
                 f"materialising {self!r} needs about {_format_bytes(estimate)}, over the budget "
@@ -317,8 +355,9 @@ class LinearOperator:
         return self._to_dense(chunk_size)
 
     def _to_dense(self, chunk_size: int | None) -> torch.Tensor:
+        """The matrix, as a new tensor the caller may modify (override for a faster way)."""
         n = self.shape[1]
-        step = n if not chunk_size else max(1, int(chunk_size))
+        step = n if not chunk_size else int(chunk_size)
         cols = []
         for start in range(0, n, step) if n else []:
             stop = min(n, start + step)
@@ -330,7 +369,8 @@ class LinearOperator:
         return torch.cat(cols, dim=1)
 
     def to_scipy(self) -> scipy.sparse.linalg.LinearOperator:
-        """A ``scipy.sparse.linalg.LinearOperator`` view; see :func:`linop.interop.to_scipy`."""
+        """A ``scipy.sparse.linalg.LinearOperator`` view; see
+        [`linop.interop.to_scipy`][linop.to_scipy]."""
         return _interop.to_scipy(self)
 
     # ------------------------------------------------------------------ display

@@ -1,11 +1,11 @@
 """Projections of huge vectors to a few thousand dimensions, as ``(k, n)`` operators.
 
-:meth:`ProjectionOperator.random` gives a random JL projection whose matrix is a pure function of
-``(seed, row, column)`` — a counter-based hash (:mod:`linop.kernels.hash`) — generated block by
-block and never stored whole, unless a memory budget allows caching it across calls. The same seed
-gives the same matrix on every call, in every process and on every device.
-:meth:`ProjectionOperator.arnoldi` gives ``Λ^{-1/2} Vᵀ`` from the top eigenpairs of a Hessian, so
-inner products of projected vectors approximate ``gᵀ (H + λI)⁻¹ g'``.
+[`ProjectionOperator.random`][linop.ProjectionOperator.random] gives a random JL projection whose
+matrix is a pure function of ``(seed, row, column)`` — a counter-based hash (`linop.kernels.hash`) —
+generated block by block and never stored whole, unless a memory budget allows caching it across
+calls. The same seed gives the same matrix on every call, in every process and on every device.
+[`ProjectionOperator.arnoldi`][linop.ProjectionOperator.arnoldi] gives ``Λ^{-1/2} Vᵀ`` from the top
+eigenpairs of a Hessian, so inner products of projected vectors approximate ``gᵀ (H + λI)⁻¹ g'``.
 
 Example:
     >>> import torch
@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from linop._checks import finite_number, non_negative
+from linop._checks import seed as check_seed
 from linop._warn import warn
 from linop.errors import DTypeMismatchError, NegativeCurvatureWarning, ShapeMismatchError
 from linop.flat import FlatSpec
@@ -66,14 +68,15 @@ def _scale_factor(scale: str | float | None, jl: float) -> float:
         return jl
     if scale is None:
         return 1.0
-    if isinstance(scale, (int, float)):
-        return float(scale)
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        return finite_number("scale", scale)
     raise ValueError(f"scale must be 'jl', a number or None, got {scale!r}")
 
 
 def _cache_budget(cache_bytes: int | None, device: torch.device) -> int:
     """``cache_bytes``, or the default: 1 GiB on the CPU, 0 on GPUs (generating is cheaper)."""
     if cache_bytes is not None:
+        non_negative("cache_bytes", cache_bytes)
         return int(cache_bytes)
     return DEFAULT_CACHE_BYTES if device.type == "cpu" else 0
 
@@ -85,8 +88,9 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 class ProjectionOperator(LinearOperator):
     """A ``(k, n)`` operator mapping ``n``-dimensional vectors (gradients) to ``k`` dimensions.
 
-    Build one with :meth:`random` or :meth:`arnoldi`. ``P @ X`` acts on columns ``(n,)`` or
-    ``(n, B)``; :meth:`project` acts on rows, as per-example gradients come.
+    Build one with [`random`][linop.ProjectionOperator.random] or
+    [`arnoldi`][linop.ProjectionOperator.arnoldi]. ``P @ X`` acts on columns ``(n,)`` or ``(n, B)``;
+    [`project`][linop.ProjectionOperator.project] acts on rows, as per-example gradients come.
     """
 
     @staticmethod
@@ -100,13 +104,13 @@ class ProjectionOperator(LinearOperator):
         scale: str | float | None = "jl",
         **options: Any,
     ) -> RandomProjection:
-        """A random projection; see :class:`RandomProjection` for ``options``."""
+        """A random projection; see [`RandomProjection`][linop.RandomProjection] for ``options``."""
         return RandomProjection(n, k, kind, seed, dtype, device, scale, **options)
 
     @staticmethod
     def arnoldi(operator: LinearOperator, k: int, **options: Any) -> ArnoldiProjection:
         """``Λ^{-1/2} Vᵀ`` from the top-``k`` eigenpairs of ``operator`` (``H`` or ``H + λI``);
-        see :class:`ArnoldiProjection`."""
+        see [`ArnoldiProjection`][linop.ArnoldiProjection]."""
         return ArnoldiProjection(operator, k, **options)
 
     def project(self, features: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
@@ -150,7 +154,8 @@ class RandomProjection(ProjectionOperator):
         k: output dimension.
         kind: ``"rademacher"`` (±1), ``"gaussian"`` (N(0, 1)) or ``"sjlt"`` (each input coordinate
             sent to ``nnz`` output buckets with random signs).
-        seed: the seed; the matrix is a pure function of it.
+        seed: the seed, an integer in ``[0, 2³²)``; the matrix is a pure function of it, and
+            different seeds give different matrices.
         dtype: the dtype of the vectors; half precision is computed in float32 on the CPU and
             returned in its own dtype.
         device: where the vectors live.
@@ -184,6 +189,7 @@ class RandomProjection(ProjectionOperator):
         use_kernel: bool = True,
     ) -> None:
         _validate(kind, KINDS, dtype, n, k)
+        seed = check_seed(seed, bits=32)  # the hash keys on 32 bits: larger seeds would repeat
         compute_dtype = _compute_dtype(dtype)
         if block_size is None:
             block_size = max(32, _BLOCK_BYTES // (k * torch.finfo(compute_dtype).bits // 8))
@@ -231,7 +237,7 @@ class RandomProjection(ProjectionOperator):
 
     def _stored(self, start: int, stop: int) -> torch.Tensor:
         """Columns ``start:stop`` as stored: rademacher signs packed 8 to a byte
-        (:func:`~linop.kernels.hash.rademacher_bytes`), gaussian entries in the compute dtype.
+        (`rademacher_bytes`), gaussian entries in the compute dtype.
         The blocks of a product are kept in one buffer when the budget allows: one allocation,
         so the cache does not fragment memory between the temporaries of each block."""
         k, n = self.shape
@@ -345,18 +351,19 @@ class ArnoldiProjection(ProjectionOperator):
     With ``A = H + λI`` the eigenvalues are ``θ + λ``; ``(P g)ᵀ (P g') = gᵀ V (Λ+λ)⁻¹ Vᵀ g'``.
     Directions whose ``θ + λ`` is not positive (``≤ cutoff · max``) get weight zero — a
     pseudo-inverse of the positive part — with a
-    :class:`~linop.errors.NegativeCurvatureWarning`; never NaN.
+    [`NegativeCurvatureWarning`][linop.errors.NegativeCurvatureWarning]; never NaN.
 
     Args:
         operator: ``H`` or ``H + λI`` (the eigenpairs of ``H`` are cached and reused for any λ).
         k: how many eigenpairs.
         cutoff: relative size below which a direction is dropped (1e-6).
-        **options: passed to :meth:`~linop.LinearOperator.eigh` (``maxiter``, ``seed``, ...).
+        **options: passed to [`eigh`][linop.LinearOperator.eigh] (``maxiter``, ``seed``, ...).
     """
 
     def __init__(
         self, operator: LinearOperator, k: int, *, cutoff: float = 1e-6, **options: Any
     ) -> None:
+        non_negative("cutoff", cutoff)
         low = operator.eigh(k, **options)
         values = low.values
         big = float(values.abs().max()) if values.numel() else 0.0

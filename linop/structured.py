@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from linop.errors import ShapeMismatchError
-from linop.operator import LinearOperator
+from linop._tensor import check_entries
+from linop.errors import DeviceMismatchError, DTypeMismatchError, ShapeMismatchError
+from linop.operator import LinearOperator, canonical_device
 from linop.tags import Tags
 
 __all__ = ["IdentityOperator", "DenseOperator", "DiagonalOperator", "LowRankOperator"]
@@ -62,8 +63,7 @@ class DenseOperator(LinearOperator):
             raise ShapeMismatchError(
                 f"DenseOperator needs a 2-D tensor, got {getattr(matrix, 'shape', type(matrix))}"
             )
-        if not matrix.is_floating_point() and not matrix.is_complex():
-            raise TypeError(f"DenseOperator needs a floating-point tensor, got {matrix.dtype}")
+        check_entries(matrix, "matrix")
         if tags is None:
             square = matrix.shape[0] == matrix.shape[1]
             tags = Tags(symmetric=bool(square and torch.equal(matrix, matrix.mT)))
@@ -91,6 +91,7 @@ class DiagonalOperator(LinearOperator):
     def __init__(self, diagonal: torch.Tensor) -> None:
         if not isinstance(diagonal, torch.Tensor) or diagonal.ndim != 1:
             raise ShapeMismatchError("DiagonalOperator needs a 1-D tensor of diagonal entries")
+        check_entries(diagonal, "diagonal")
         n = diagonal.shape[0]
         tags = Tags(
             symmetric=True, psd=bool((diagonal >= 0).all()), nsd=bool((diagonal <= 0).all())
@@ -122,11 +123,16 @@ class LowRankOperator(LinearOperator):
                 f"LowRankOperator needs V of shape (n, r) and s of shape (r,), got "
                 f"{tuple(vectors.shape)} and {tuple(values.shape)}"
             )
-        if values.dtype != vectors.dtype or values.device != vectors.device:
-            raise ValueError(
-                f"V ({vectors.dtype}, {vectors.device}) and s ({values.dtype}, {values.device}) "
-                f"must share dtype and device"
+        if values.dtype != vectors.dtype:
+            raise DTypeMismatchError(
+                f"V ({vectors.dtype}) and s ({values.dtype}) must share one dtype"
             )
+        if canonical_device(values.device) != canonical_device(vectors.device):
+            raise DeviceMismatchError(
+                f"V (on {vectors.device}) and s (on {values.device}) must be on one device"
+            )
+        check_entries(vectors, "V")
+        check_entries(values, "s")
         n = vectors.shape[0]
         tags = Tags(symmetric=True, psd=bool((values >= 0).all()), nsd=bool((values <= 0).all()))
         super().__init__((n, n), vectors.dtype, vectors.device, tags)

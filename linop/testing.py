@@ -1,10 +1,11 @@
 """The operator contract, checked in one call: for anyone who writes ``_matmat``.
 
-:func:`check_operator` applies an operator to random vectors and compares everything the base
-class derives from ``_matmat`` — products with vectors and matrices, row-vector products, the
-adjoint identity ``⟨Ax, y⟩ = ⟨x, Aᵀy⟩``, scaling, sums, products, ``A + λI``, ``to_dense``, the
-soundness of its tags, and the scipy view with scipy's own solvers — against the operator's dense
-matrix, in float64 on a small size. Every operator in linop's own tests goes through it.
+[`check_operator`][linop.testing.check_operator] applies an operator to random vectors and compares
+everything the base class derives from ``_matmat`` — products with vectors and matrices, row-vector
+products, the adjoint identity ``⟨Ax, y⟩ = ⟨x, Aᵀy⟩``, scaling, sums, products, ``A + λI``,
+``to_dense``, the soundness of its tags, and the scipy view with scipy's own solvers — against the
+operator's dense matrix, in float64 on a small size. Every operator in linop's own tests goes
+through it.
 
 Example:
     >>> import torch
@@ -56,17 +57,25 @@ def check_operator(
     Raises:
         AssertionError: on the first disagreement.
     """
+    if not isinstance(op, LinearOperator):
+        raise TypeError(f"check_operator checks a LinearOperator, got {type(op).__name__}")
+    if not isinstance(dense, torch.Tensor) or dense.ndim != 2:
+        raise TypeError(f"dense must be the operator's matrix as a 2-D torch.Tensor, got {dense!r}")
+    if rtol < 0:
+        raise ValueError(f"rtol must be non-negative, got {rtol}")
     g = torch.Generator().manual_seed(seed)
     m, n = dense.shape
-    assert op.shape == (m, n)
-    assert op.dtype == dense.dtype
+    assert op.shape == (m, n), f"the operator's shape is {op.shape}, its matrix's {(m, n)}"
+    assert op.dtype == dense.dtype, (
+        f"the operator's dtype is {op.dtype}, its matrix's {dense.dtype}"
+    )
     kw: dict[str, Any] = {"dtype": op.dtype, "generator": g}
     x, X = torch.randn(n, **kw), torch.randn(n, 3, **kw)
     y, Y = torch.randn(m, **kw), torch.randn(m, 3, **kw)
 
     # products
     out = op @ x
-    assert out.shape == (m,)
+    assert out.shape == (m,), f"op @ x has shape {tuple(out.shape)}, expected {(m,)}"
     assert_close(out, dense @ x, rtol)
     assert_close(op @ X, dense @ X, rtol)
     assert_close(y @ op, y @ dense, rtol)

@@ -1,5 +1,5 @@
-"""The Arnoldi projector of :mod:`dattri.func.projection`: ``Λ^{-1/2} Vᵀ`` from the top eigenpairs
-of a Hessian, on :class:`linop.ArnoldiProjection`."""
+"""The Arnoldi projector of [`dattri.func.projection`][dattri.func.projection]: ``Λ^{-1/2} Vᵀ`` from
+the top eigenpairs of a Hessian, on [`linop.ArnoldiProjection`][linop.ArnoldiProjection]."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import Tensor
 
 from linop import ArnoldiProjection, HessianOperator, LinearOperator
 
-from ._projector_base import AbstractProjector, _as_rows
+from ._projector_base import AbstractProjector, _as_rows, _check_seed
 
 __all__ = ["ArnoldiProjector", "arnoldi_project"]
 
@@ -19,20 +19,21 @@ __all__ = ["ArnoldiProjector", "arnoldi_project"]
 class ArnoldiProjector(AbstractProjector):
     """Projects features by ``Λ^{-1/2} Vᵀ`` from the top eigenpairs of ``H + λI``.
 
-    ``H`` is the Hessian of ``func`` at ``x`` (:class:`linop.HessianOperator`), ``λ`` the
-    ``regularization``, and ``(Λ, V)`` its top ``proj_dim`` eigenpairs by magnitude, found once
-    (on the first projection, or :meth:`get_eigenspace`) by Lanczos with full
+    ``H`` is the Hessian of ``func`` at ``x`` ([`linop.HessianOperator`][linop.HessianOperator]),
+    ``λ`` the ``regularization``, and ``(Λ, V)`` its top ``proj_dim`` eigenpairs by magnitude, found
+    once (on the first projection, or
+    [`get_eigenspace`][dattri.func.projection.ArnoldiProjector.get_eigenspace]) by Lanczos with full
     reorthogonalisation from a start vector seeded by ``seed``
-    (:class:`linop.ArnoldiProjection`). Inner products of projected features approximate
-    ``gᵀ (H + λI)⁻¹ g'``.
+    ([`linop.ArnoldiProjection`][linop.ArnoldiProjection]). Inner products of projected features
+    approximate ``gᵀ (H + λI)⁻¹ g'``.
 
     Differences from dattri 0.2.0, all fixes: directions whose eigenvalue is not positive get
-    weight zero with a :class:`linop.NegativeCurvatureWarning` (dattri returns NaN columns);
-    ``norm_constant`` does not change the result (it is the norm of the Krylov basis vectors in
-    jax-influence's Arnoldi, a guard against underflow when normalising huge vectors; the
-    eigenpairs do not depend on it, but dattri divides only part of the iteration by it and
-    returns wrong eigenpairs for ``norm_constant != 1``; linop keeps an orthonormal basis in the
-    working precision, so it is accepted and has no effect); when Lanczos finds an invariant
+    weight zero with a [`linop.NegativeCurvatureWarning`][linop.errors.NegativeCurvatureWarning]
+    (dattri returns NaN columns); ``norm_constant`` does not change the result (it is the norm of
+    the Krylov basis vectors in jax-influence's Arnoldi, a guard against underflow when normalising
+    huge vectors; the eigenpairs do not depend on it, but dattri divides only part of the iteration
+    by it and returns wrong eigenpairs for ``norm_constant != 1``; linop keeps an orthonormal basis
+    in the working precision, so it is accepted and has no effect); when Lanczos finds an invariant
     subspace early it restarts orthogonally instead of stopping, so
     ``min(proj_dim, max_iter − 1, feature_dim)`` columns are always resolved. Columns come in
     dattri's order, by increasing eigenvalue magnitude.
@@ -53,6 +54,10 @@ class ArnoldiProjector(AbstractProjector):
         seed: the seed of the Lanczos start vector.
         device: accepted for compatibility: the Hessian and the projection live where ``x``
             lives, and features are moved there.
+
+    Raises:
+        ValueError: if ``feature_dim`` is not the size of ``x``, ``max_iter < 2``,
+            ``proj_dim < 1``, or ``seed`` is not a ``torch.Generator`` seed.
 
     Example:
         >>> x = torch.randn(5)
@@ -93,6 +98,7 @@ class ArnoldiProjector(AbstractProjector):
             raise ValueError(f"max_iter must be at least 2 (one Lanczos step), got {max_iter}")
         if proj_dim < 1:
             raise ValueError(f"proj_dim must be positive, got {proj_dim}")
+        _check_seed(seed)
         self.operator: LinearOperator = self.hessian.regularize(self.regularization)
         self.steps = min(n, max_iter - 1)
         self.rank = min(proj_dim, self.steps)
@@ -103,7 +109,7 @@ class ArnoldiProjector(AbstractProjector):
     def get_eigenspace(self) -> None:
         """Compute the eigenpairs once (later calls do nothing).
 
-        Sets :attr:`eigvals` (``θ + λ``, by increasing magnitude) and :attr:`eigvecs`
+        Sets `eigvals` (``θ + λ``, by increasing magnitude) and `eigvecs`
         (``(rank, feature_dim)`` orthonormal rows, in the same order).
         """
         if self.projection is not None:
@@ -156,8 +162,9 @@ def arnoldi_project(
     top-``proj_dim`` eigenpairs by magnitude of ``H + λI`` (``λ = regularization``), so inner
     products of projected vectors approximate ``gᵀ (H + λI)⁻¹ g'``. The eigenpairs are computed
     once, on the first call, by Lanczos from a start vector seeded by ``seed``; directions whose
-    eigenvalue is not positive get weight zero (never NaN). See :class:`ArnoldiProjector` for
-    every argument and the differences from dattri 0.2.0.
+    eigenvalue is not positive get weight zero (never NaN). See
+    [`ArnoldiProjector`][dattri.func.projection.ArnoldiProjector] for every argument and the
+    differences from dattri 0.2.0.
 
     Args:
         feature_dim: the dimension of the features (the number of entries of ``x``).

@@ -1,5 +1,5 @@
-"""What every projector of :mod:`dattri.func.projection` shares: the projection types, the
-abstract interface, and how features become rows."""
+"""What every projector of [`dattri.func.projection`][dattri.func.projection] shares: the projection
+types, the abstract interface, and how features become rows."""
 
 from __future__ import annotations
 
@@ -9,9 +9,30 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-from .utils import _vectorize
+from linop.errors import DTypeMismatchError
+
+from .utils import _check_copy, _vectorize
 
 __all__ = ["ProjectionType", "AbstractProjector"]
+
+#: The seeds a ``torch.Generator`` accepts (negative ones wrap around modulo 2⁶⁴).
+_TORCH_SEEDS = (-(2**63), 2**64 - 1)
+
+
+def _check_seed(seed: int, name: str = "seed") -> None:
+    """A ValueError naming ``name`` unless ``seed`` is a ``torch.Generator`` seed."""
+    low, high = _TORCH_SEEDS
+    if not low <= seed <= high:
+        raise ValueError(
+            f"{name} must be an integer in [-2**63, 2**64 - 1] (a torch.Generator seed), got {seed}"
+        )
+
+
+def _check_dims(feature_dim: int, proj_dim: int) -> None:
+    """A ValueError naming the argument unless both dimensions are positive."""
+    for name, value in (("feature_dim", feature_dim), ("proj_dim", proj_dim)):
+        if not value >= 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
 
 
 class ProjectionType(str, Enum):
@@ -35,6 +56,12 @@ def _as_rows(features: dict | Tensor, device: str | torch.device) -> Tensor:
     """Features as a detached ``(B, n)`` tensor on ``device`` (a dict flattened as dattri does)."""
     if isinstance(features, dict):
         features = _vectorize(features, device=device)
+    if features.is_complex():
+        raise DTypeMismatchError(
+            f"the features are complex ({features.dtype}) but the projections are real; project "
+            f"the real and imaginary parts separately (features.real, features.imag)"
+        )
+    _check_copy(features, device, "the features")
     features = features.detach().to(device)
     if features.ndim == 1:  # one example
         features = features.unsqueeze(0)

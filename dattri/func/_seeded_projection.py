@@ -1,7 +1,7 @@
 """The dattri-compatible seeded-block projection: a ``(k, n)`` random matrix drawn block by
 block from seeded ``torch.Generator`` s, reproducing dattri 0.2.0's ``BasicProjector``.
 
-linop's own :meth:`ProjectionOperator.random <linop.ProjectionOperator.random>` uses a
+linop's own [`ProjectionOperator.random`][linop.ProjectionOperator.random] uses a
 counter-based hash instead (the same matrix on every device); this one exists so that
 ``dattri.func.projection.random_project`` on the CPU gives dattri's numbers.
 
@@ -29,10 +29,12 @@ from linop.projection import (
 )
 from linop.tags import Tags
 
+from ._projector_base import _TORCH_SEEDS
+
 __all__ = ["SeededBlockProjection", "SEEDED_KINDS"]
 
 
-#: The kinds of :class:`SeededBlockProjection`.
+#: The kinds of `SeededBlockProjection`.
 SEEDED_KINDS = ("gaussian", "rademacher")
 
 
@@ -119,6 +121,14 @@ class SeededBlockProjection(ProjectionOperator):
         self.compute_dtype = _compute_dtype(dtype)
         self.rows_per_block = min(int(k), int(block_size))
         self.num_blocks = math.ceil(k / self.rows_per_block)
+        low, high = _TORCH_SEEDS
+        seeds = (self.block_seed(0), self.block_seed(self.num_blocks - 1))
+        if not all(low <= s <= high for s in seeds):
+            raise ValueError(
+                f"seed {self.seed} gives the block seeds {seeds[0]} to {seeds[1]} (seed + "
+                f"{self.seed_stride} * block), but a torch.Generator seed must lie in "
+                f"[-2**63, 2**64 - 1]; pass a smaller seed"
+            )
         self.scale = _scale_factor(scale, 1 / math.sqrt(k))
         if chunk_rows is None:
             chunk_rows = (1 << 23) // self.rows_per_block

@@ -1,8 +1,8 @@
 """HVP and IHVP functions with the signatures of ``dattri.func.hessian`` 0.2.0, built on linop.
 
-Every function returns a closure, as in dattri; the closures call :mod:`linop`
-(:class:`linop.HessianOperator`, :meth:`~linop.LinearOperator.inverse`). Behaviour follows dattri
-0.2.0 except its known bugs, which are fixed here:
+Every function returns a closure, as in dattri; the closures call [`linop`][linop]
+([`linop.HessianOperator`][linop.HessianOperator], [`inverse`][linop.LinearOperator.inverse]).
+Behaviour follows dattri 0.2.0 except its known bugs, which are fixed here:
 
 - CG honours ``tol`` (``‖b − Hx‖ ≤ tol``, per column) and never returns NaN;
 - ``ihvp_at_x_lissa`` passes ``num_repeat`` and ``batch_size`` in the right order;
@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,7 @@ import linop
 from linop._tensor import traced as _traced_tensor
 from linop.curvature import MODES
 from linop.curvature import hvp as _linop_hvp
+from linop.operator import canonical_device
 
 __all__ = [
     "IHVPUsageError",
@@ -57,9 +59,11 @@ def _check_mode(mode: str) -> None:
         raise IHVPUsageError("`mode` should be either 'rev-rev' or 'rev-fwd'.")
 
 
-def _operator(func: Callable, x: tuple[Any, ...], argnums: int, mode: str) -> linop.HessianOperator:
+def _operator(
+    func: Callable, x: tuple[Any, ...], argnums: int, mode: str, cache: bool = True
+) -> linop.HessianOperator:
     _refuse_transforms(x, "x")
-    return linop.HessianOperator(func, tuple(x), argnums, mode)
+    return linop.HessianOperator(func, tuple(x), argnums, mode, cache=cache)
 
 
 def _at_each_x(at_x: Callable, func: Callable, **options: Any) -> Callable:
@@ -101,6 +105,35 @@ def _rows(v: Tensor) -> Tensor:
     return v.unsqueeze(0) if v.ndim == 1 else v
 
 
+def _check_vector(x: tuple[Any, ...], v: Any, argnums: int) -> None:
+    """A linop typed error unless the tensor ``v`` has the shape, dtype and device of the tensor
+    ``x[argnums]`` (what both autodiff modes need). Metadata only, so it works on the tensors
+    ``torch.func.vmap`` passes (per-example shapes), and never reads values."""
+    if not isinstance(v, Tensor) or not -len(x) <= argnums < len(x):
+        return  # left to torch (and to linop, which reports a bad argnums)
+    p = x[argnums]
+    if not isinstance(p, Tensor):
+        return
+    where = f"x[{argnums}]"
+    if v.shape != p.shape:
+        raise linop.ShapeMismatchError(
+            f"v has shape {tuple(v.shape)} but {where}, the input the Hessian is taken with "
+            f"respect to, has shape {tuple(p.shape)}; pass v in the shape of {where}"
+        )
+    if v.dtype != p.dtype:
+        raise linop.DTypeMismatchError(
+            f"v has dtype {v.dtype} but {where} has dtype {p.dtype}; convert it with "
+            f".to({p.dtype}) (linop never casts silently)"
+        )
+    if canonical_device(v.device) != canonical_device(p.device):
+        fix = (
+            "the meta device holds no data: pass a real tensor"
+            if v.device.type == "meta" or p.device.type == "meta"
+            else f"move it with .to('{p.device}')"
+        )
+        raise linop.DeviceMismatchError(f"v is on {v.device} but {where} is on {p.device}; {fix}")
+
+
 def hvp(
     func: Callable, argnums: int = 0, mode: str = "rev-rev", regularization: float = 0.0
 ) -> Callable:
@@ -113,7 +146,10 @@ def hvp(
         regularization: added as ``regularization * v``.
 
     Returns:
-        ``f(x, v)`` for a tuple of inputs ``x`` and a vector ``v``; usable under ``vmap``.
+        ``f(x, v)`` for a tuple of inputs ``x`` and a vector ``v``; usable under ``vmap``. It
+        raises ``linop.ShapeMismatchError``, ``DTypeMismatchError`` or ``DeviceMismatchError``
+        when ``v`` has another shape, dtype or device than ``x[argnums]`` (dattri promotes a
+        vector of another dtype; linop never casts silently).
 
     Raises:
         IHVPUsageError: for an unknown mode.
@@ -121,6 +157,7 @@ def hvp(
     _check_mode(mode)
 
     def _hvp(x: tuple[Any, ...], v: Tensor) -> Tensor:
+        _check_vector(tuple(x), v, argnums)
         return _linop_hvp(func, tuple(x), v, argnums, mode) + regularization * v
 
     return _hvp
@@ -142,7 +179,7 @@ def hvp_at_x(
     _check_mode(mode)
     if _traced(x) or (torch.is_grad_enabled() and any(t.requires_grad for t in _tensors(x))):
         # differentiable in x: torch.func's product on every call (nothing cached)
-        return lambda v: _linop_hvp(func, tuple(x), v, argnums, mode) + regularization * v
+        return functools.partial(hvp(func, argnums, mode, regularization), tuple(x))
     H = _operator(func, x, argnums, mode)
 
     def _hvp_at_x(v: Tensor) -> Tensor:
@@ -180,7 +217,7 @@ def ihvp_at_x_explicit(
                 "ihvp_at_x_explicit supports one argnums; concatenate inputs instead"
             )
         argnums = argnums[0]
-    H = _operator(func, x, argnums, "rev-rev")
+    H = _operator(func, x, argnums, "rev-rev", cache=False)  # materialised once: no products
     inv = H.regularize(regularization).inverse("explicit")
     return lambda v: _apply_rows(inv, v)
 
@@ -232,8 +269,8 @@ def ihvp_at_x_cg(
     )
 
     def solve(v: Tensor) -> Tensor:
-        with warnings.catch_warnings():  # dattri's default tol (1e-7) is below what float32
-            warnings.simplefilter("ignore", linop.AttainableAccuracyWarning)  # reaches
+        with warnings.catch_warnings():  # max_iter is dattri's budget, not a failure to report
+            warnings.simplefilter("ignore", linop.ConvergenceWarning)  # (nor float32 rounding)
             return (inv @ _rows(v).mT).mT
 
     return solve
@@ -291,12 +328,18 @@ def ihvp_at_x_arnoldi(
     """Arnoldi (Lanczos) IHVP at fixed inputs: the decomposition runs once, on the first call,
     from a seeded start, and is reused; ``V (Λ + regularization)⁻¹ Vᵀ v`` with the top ``top_k``
     eigenpairs. ``norm_constant`` only rescales dattri's intermediate basis and cannot change the
-    result, so it is accepted and has no effect; ``tol`` likewise (see :func:`ihvp_arnoldi`).
+    result, so it is accepted and has no effect; ``tol`` likewise (see
+    [`ihvp_arnoldi`][dattri.func.hessian.ihvp_arnoldi]).
 
     Raises:
-        IHVPUsageError: for an unknown mode.
+        IHVPUsageError: for an unknown mode, or ``max_iter`` below 1.
     """
     _check_mode(mode)
+    if not max_iter >= 1:
+        raise IHVPUsageError(
+            f"max_iter must be a positive integer (dattri's max_iter − 1 Krylov vectors), got "
+            f"{max_iter}"
+        )
     H = _operator(func, x, argnums, mode)
     inv = _arnoldi_inverse(H, max_iter, top_k, regularization)
     return lambda v: (inv @ _rows(v).mT).mT
@@ -325,6 +368,12 @@ def _lissa(
     sizes = {t.shape[d] for t, d in zip(x, in_dims, strict=True) if d is not None}
     if len(sizes) > 1:
         raise IHVPUsageError(f"Input batch size mismatch! Found sizes {sorted(sizes)}.")
+    if sizes == {0}:
+        raise IHVPUsageError(
+            "the data are empty: the inputs with an `in_dims` entry have no examples along it; "
+            "LiSSA samples minibatches from the examples, so pass at least one (or None in "
+            "`in_dims` for an input without an example dimension)"
+        )
     # As dattri, ``argnums`` names an argument of ``func``: one of the collated inputs. The
     # Hessian is taken with respect to it at its full-data value, and every minibatch of the
     # raw inputs is collated with that argument replaced by the variable.
@@ -374,7 +423,8 @@ def ihvp_lissa(
     global generator, as dattri's sampling does.
 
     Raises:
-        IHVPUsageError: for an unknown mode, or ``in_dims`` that do not match ``x``.
+        IHVPUsageError: for an unknown mode, ``in_dims`` that do not match ``x``, or data with
+            no examples.
     """
     _check_mode(mode)
 
@@ -399,7 +449,8 @@ def ihvp_at_x_lissa(
     collate_fn: Callable | None = None,
     mode: str = "rev-rev",
 ) -> Callable:
-    """LiSSA IHVP at fixed inputs ``x`` (the whole dataset): ``f(v)``; see :func:`ihvp_lissa`."""
+    """LiSSA IHVP at fixed inputs ``x`` (the whole dataset): ``f(v)``; see
+    [`ihvp_lissa`][dattri.func.hessian.ihvp_lissa]."""
 
     def _ihvp(v: Tensor) -> Tensor:
         _check_mode(mode)

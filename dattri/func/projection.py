@@ -1,9 +1,9 @@
 """Random and Arnoldi projections of ``dattri.func.projection`` (dattri 0.2.0), on linop.
 
 The functions and projector classes keep dattri 0.2.0's signatures; every matrix and every
-eigen-decomposition comes from :mod:`linop`:
+eigen-decomposition comes from [`linop`][linop]:
 
-- CPU random projections are :class:`~dattri.func._seeded_projection.SeededBlockProjection`, a
+- CPU random projections are `SeededBlockProjection`, a
   linop operator kept in this package (it exists only to reproduce dattri's numbers): dattri's
   ``BasicProjector`` matrix number for number (same seeds, same torch generator draws), but
   computes in float32 even when ``use_half_precision=True`` (the result is then returned in
@@ -11,9 +11,9 @@ eigen-decomposition comes from :mod:`linop`:
 - CUDA random projections are linop's counter-based Rademacher projection
   (``ProjectionOperator.random(..., kind="rademacher")``), which needs no compiled ``fast_jl``
   extension; its numbers differ from fast_jl's (any seeded ±1 JL matrix serves the same purpose).
-- Arnoldi projections are :class:`linop.ArnoldiProjection` on a :class:`linop.HessianOperator`:
-  Lanczos from a seeded start, computed once, with zero weight (never NaN) for directions whose
-  eigenvalue is not positive.
+- Arnoldi projections are [`linop.ArnoldiProjection`][linop.ArnoldiProjection] on a
+  [`linop.HessianOperator`][linop.HessianOperator]: Lanczos from a seeded start, computed once, with
+  zero weight (never NaN) for directions whose eigenvalue is not positive.
 
 Example:
     >>> import torch
@@ -39,11 +39,17 @@ from linop import (
 )
 
 from ._arnoldi_projection import ArnoldiProjector, arnoldi_project
-from ._projector_base import AbstractProjector, ProjectionType, _as_rows, _linop_kind
+from ._projector_base import (
+    AbstractProjector,
+    ProjectionType,
+    _as_rows,
+    _check_dims,
+    _linop_kind,
+)
 from ._seeded_projection import SeededBlockProjection
 from .utils import _vectorize, get_parameter_chunk_sizes  # noqa: F401 - re-exported as dattri
 
-#: dattri's module-level alias of :func:`dattri.func.utils._vectorize`.
+#: dattri's module-level alias of `dattri.func.utils._vectorize`.
 vectorize = _vectorize
 
 __all__ = [
@@ -67,7 +73,7 @@ _CUDA_ENSEMBLE_STRIDE = 10_000
 class BasicProjector(AbstractProjector):
     """dattri's block-wise seeded projector.
 
-    Built on :class:`~dattri.func._seeded_projection.SeededBlockProjection`.
+    Built on `SeededBlockProjection`.
 
     The matrix is dattri 0.2.0's: output rows in blocks of ``min(proj_dim, block_size)``, block
     ``i`` drawn in ``dtype`` from a generator seeded ``seed + 1000 i + 100000 ensemble_id``,
@@ -87,6 +93,8 @@ class BasicProjector(AbstractProjector):
 
     Raises:
         KeyError: for an unknown ``proj_type``.
+        ValueError: if ``feature_dim``, ``proj_dim`` or ``block_size`` is not positive, or
+            the seed of a block is not a ``torch.Generator`` seed.
 
     Example:
         >>> P = BasicProjector(1000, 50, seed=42, proj_type="normal", device="cpu")
@@ -107,6 +115,12 @@ class BasicProjector(AbstractProjector):
     ) -> None:
         super().__init__(feature_dim, proj_dim, seed, proj_type, device)
         self.kind = _linop_kind(proj_type)
+        _check_dims(feature_dim, proj_dim)
+        if not block_size >= 1:
+            raise ValueError(
+                f"block_size must be a positive integer (rows of the matrix per seed), got "
+                f"{block_size}"
+            )
         self.block_size = min(proj_dim, block_size)
         self.num_blocks = math.ceil(proj_dim / self.block_size)
         self.dtype = dtype
@@ -154,7 +168,7 @@ class BasicProjector(AbstractProjector):
 class CudaProjector(AbstractProjector):
     """A GPU random projector on linop's counter-based projection; no ``fast_jl`` needed.
 
-    The matrix is :class:`linop.RandomProjection` with unscaled entries (±1 for
+    The matrix is [`linop.RandomProjection`][linop.RandomProjection] with unscaled entries (±1 for
     ``"rademacher"``, N(0, 1) for ``"normal"``), seeded ``seed + 10000 ensemble_id`` like
     dattri's; its numbers differ from fast_jl's. It is computed in float32 (with linop's Triton
     kernel when available) over batches of at most ``max_batch_size`` rows.
@@ -192,6 +206,7 @@ class CudaProjector(AbstractProjector):
             )
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be positive, got {max_batch_size}")
+        _check_dims(feature_dim, proj_dim)
         self.kind = _linop_kind(proj_type)
         self.max_batch_size = int(max_batch_size)
         self.dtype = dtype
@@ -246,7 +261,8 @@ class ChunkedCudaProjector:
 
     The result is the sum of every chunk's projection of its slice of the features (columns
     ``dim_per_chunk[0]``, then the next ``dim_per_chunk[1]``, ...). linop has no 2³² limit, so
-    :func:`make_random_projector` never needs this class; it is kept for code that builds it.
+    [`make_random_projector`][dattri.func.projection.make_random_projector] never needs this class;
+    it is kept for code that builds it.
 
     Args:
         projector_per_chunk: one projector per chunk (each with ``project(features, id)``).
@@ -257,6 +273,9 @@ class ChunkedCudaProjector:
         proj_max_batch_size: the most rows projected at once (kept for compatibility).
         device: where the projection runs.
         dtype: the dtype of the result.
+
+    Raises:
+        ValueError: if ``projector_per_chunk`` is empty.
     """
 
     def __init__(
@@ -269,6 +288,11 @@ class ChunkedCudaProjector:
         device: str | torch.device,
         dtype: torch.dtype,
     ) -> None:
+        if len(projector_per_chunk) == 0:
+            raise ValueError(
+                "projector_per_chunk is empty: pass one projector per chunk of the features "
+                "(make_random_projector builds a single projector for any feature_dim)"
+            )
         self.projector_per_chunk = projector_per_chunk
         self.proj_dim = projector_per_chunk[0].proj_dim
         self.proj_type = projector_per_chunk[0].proj_type
@@ -315,7 +339,8 @@ class ChunkedCudaProjector:
         return out
 
     def dict_project(self, features: dict | Tensor, ensemble_id: int) -> Tensor:
-        """Same as :meth:`project` (which accepts dicts too).
+        """Same as [`project`][dattri.func.projection.ChunkedCudaProjector.project] (which accepts
+        dicts too).
 
         Args:
             features: a dict of per-parameter ``(B, ...)`` tensors, or a tensor.
@@ -339,10 +364,11 @@ def make_random_projector(
 ) -> AbstractProjector:
     """Build the random projector for features of the given parameter sizes.
 
-    On the CPU: a :class:`BasicProjector` with normal entries in float16
-    (``use_half_precision``) or float32, dattri's matrix. Elsewhere: a :class:`CudaProjector`
-    with Rademacher entries returning float16 or float32; linop has no 2³² limit, so features of
-    any size get one projector (dattri's chunked projector is never needed).
+    On the CPU: a [`BasicProjector`][dattri.func.projection.BasicProjector] with normal entries in
+    float16 (``use_half_precision``) or float32, dattri's matrix. Elsewhere: a
+    [`CudaProjector`][dattri.func.projection.CudaProjector] with Rademacher entries returning
+    float16 or float32; linop has no 2³² limit, so features of any size get one projector (dattri's
+    chunked projector is never needed).
 
     Args:
         param_shape_list: the number of features of every parameter.
@@ -379,6 +405,30 @@ def make_random_projector(
     )
 
 
+def _param_shape_list(feature: dict[str, Tensor] | Tensor, feature_batch_size: int) -> list[int]:
+    """The number of features per example of every tensor of ``feature`` (dattri: its number
+    of entries divided by ``feature_batch_size``), or a ValueError naming ``feature_batch_size``
+    when that is not positive or not the batch size of ``feature``."""
+    if not feature_batch_size >= 1:
+        raise ValueError(
+            f"feature_batch_size must be a positive integer (the batch size of the features), "
+            f"got {feature_batch_size}"
+        )
+    is_dict = isinstance(feature, dict)
+    tensors = [(repr(k), v) for k, v in feature.items()] if is_dict else [("feature", feature)]
+    sizes = []
+    for name, value in tensors:
+        # a batch is (feature_batch_size, ...); one (feature_dim,) vector has batch size 1
+        batched = value.ndim >= 2 or (is_dict and value.ndim == 1)
+        if value.numel() % feature_batch_size or (batched and value.shape[0] != feature_batch_size):
+            raise ValueError(
+                f"feature_batch_size={feature_batch_size} is not the batch size of the features: "
+                f"{name} has shape {tuple(value.shape)}; pass its leading dimension"
+            )
+        sizes.append(value.numel() // feature_batch_size)
+    return sizes
+
+
 def random_project(
     feature: dict[str, Tensor] | Tensor,
     feature_batch_size: int,
@@ -392,7 +442,7 @@ def random_project(
     """Randomly project features to ``proj_dim`` dimensions.
 
     On the CPU the matrix is dattri 0.2.0's (unscaled N(0, 1) entries from
-    :class:`~dattri.func._seeded_projection.SeededBlockProjection`), so the numbers equal
+    `SeededBlockProjection`), so the numbers equal
     dattri's for the same seed up to rounding: the product is computed in float32 and, with
     ``use_half_precision``, returned in float16. On CUDA the matrix is linop's seeded ±1
     Rademacher projection (``ProjectionOperator.random(..., kind="rademacher")``, Triton kernel
@@ -421,10 +471,7 @@ def random_project(
         >>> project(g).shape, project(g, ensemble_id=1).dtype
         (torch.Size([2, 8]), torch.float32)
     """
-    if isinstance(feature, dict):
-        param_shape_list = [value.numel() // feature_batch_size for value in feature.values()]
-    else:
-        param_shape_list = [feature.numel() // feature_batch_size]
+    param_shape_list = _param_shape_list(feature, feature_batch_size)
     projector = make_random_projector(
         param_shape_list,
         feature_batch_size,

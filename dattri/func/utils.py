@@ -2,8 +2,8 @@
 
 Every function keeps dattri 0.2.0's signature and observable behaviour (shapes, dtypes, devices,
 autograd, the in-place update of ``partial_param``); the flattening itself is
-:class:`linop.flat.FlatSpec`, so a dict of tensors is laid out in insertion order exactly as every
-linop operator lays it out.
+[`linop.flat.FlatSpec`][linop.FlatSpec], so a dict of tensors is laid out in insertion order exactly
+as every linop operator lays it out.
 
 Example:
     >>> import torch
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from linop.errors import DeviceMismatchError, ShapeMismatchError
 from linop.flat import FlatSpec
 
 __all__ = [
@@ -37,6 +38,50 @@ __all__ = [
 
 #: The most entries one projection kernel call may address (``2³² − 1``, fast_jl's limit).
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
+
+
+def _check_tensors(g: Any, what: str) -> list[Tensor]:
+    """The values of ``g``, a non-empty dict of tensors, or a TypeError / ValueError saying
+    what to pass instead."""
+    if not isinstance(g, dict):
+        raise TypeError(
+            f"{what} takes a dict of tensors, got {type(g).__name__}; for a model pass "
+            f"dict(model.named_parameters())"
+        )
+    if not g:
+        raise ValueError(f"{what} got an empty dict: there must be one tensor or more to flatten")
+    for key, value in g.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"{what} takes a dict of tensors, but {key!r} is a {type(value).__name__}; "
+                f"convert it with torch.as_tensor"
+            )
+    return list(g.values())
+
+
+def _check_copy(t: Tensor, device: str | torch.device | None, what: str) -> None:
+    """A DeviceMismatchError when ``t`` is on the meta device (no data to copy) and ``device``
+    is a real one."""
+    if device is not None and t.device.type == "meta" and torch.device(device).type != "meta":
+        raise DeviceMismatchError(
+            f"{what} is on the meta device, which holds no data to copy to {device}; pass "
+            f"tensors with data (on the CPU or a GPU)"
+        )
+
+
+def _to_device(t: Tensor, device: str | torch.device | None, what: str) -> Tensor:
+    """``t.to(device)``, checked by `_check_copy`."""
+    _check_copy(t, device, what)
+    return t.to(device)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    """A ValueError unless ``1 <= batch_size <= 2³² − 1`` (dattri divides ``2³² − 1`` by it)."""
+    if not 1 <= batch_size <= _UINT32_MAX:
+        raise ValueError(
+            f"batch_size must be a positive integer of at most 2**32 - 1 (the number of "
+            f"examples projected at once), got {batch_size}"
+        )
 
 
 def _vectorize(
@@ -63,9 +108,17 @@ def _vectorize(
         value with ``batch_dim`` and of the last value without (dattri's rule).
 
     Raises:
-        ValueError: if a value's leading dimension differs from the first value's.
+        ValueError: if a value's leading dimension differs from the first value's, or ``g`` is
+            empty.
+        TypeError: if ``g`` is not a dict of tensors.
+        DeviceMismatchError: if a value on the meta device would be copied to a real device.
     """
-    values = list(g.values())
+    values = _check_tensors(g, "vectorize")
+    target = arr.device if arr is not None else device
+    if len({value.device for value in values}) > 1:  # as dattri: every value copied to `target`
+        to = target if target is not None else values[0].device
+        g = {key: _to_device(value, to, f"{key!r}") for key, value in g.items()}
+        values = list(g.values())
     if batch_dim:
         batch = values[0].shape[0]
         for value in values:
@@ -82,6 +135,7 @@ def _vectorize(
         dtype = values[-1].dtype
         leaves = {key: value.to(dtype) for key, value in g.items()}
         flat = FlatSpec.of(leaves).flatten(leaves)
+    _check_copy(flat, target, "the tensors")
     if arr is not None:
         if batch_dim:
             arr[:, : flat.shape[1]] = flat.to(arr.device)
@@ -107,6 +161,7 @@ def _get_parameter_chunk_sizes(
     Returns:
         ``(max_chunk_size, params_per_chunk)``: the chunk limit and the size of every chunk.
     """
+    _check_batch_size(batch_size)
     sizes = [int(s) for s in param_shape_list]
     max_chunk_size = _UINT32_MAX // batch_size
     params_per_chunk: list[int] = []
@@ -139,10 +194,19 @@ def get_parameter_chunk_sizes(
     Returns:
         ``(max_chunk_size, params_per_chunk)``: the chunk limit and the size of every chunk.
 
+    Raises:
+        ValueError: if ``param_shape_list`` is empty or ``batch_size`` is not in
+            ``[1, 2³² − 1]``.
+
     Example:
         >>> get_parameter_chunk_sizes([10], 2)
         (2147483647, [10])
     """
+    if len(param_shape_list) == 0:
+        raise ValueError(
+            "param_shape_list is empty: pass a list whose first entry is the number of features"
+        )
+    _check_batch_size(batch_size)
     total = param_shape_list[0]
     max_chunk_size = _UINT32_MAX // batch_size
     full, remainder = divmod(total, max_chunk_size)
@@ -162,11 +226,18 @@ def flatten_params(tensors: dict[str, Tensor]) -> Tensor:
     Returns:
         A tensor of shape ``(sum of numels,)``.
 
+    Raises:
+        TypeError: if ``tensors`` is not a dict of tensors.
+        ValueError: if ``tensors`` is empty.
+        DeviceMismatchError: if a tensor on the meta device would be copied to the device of the
+            first tensor.
+
     Example:
         >>> flatten_params({"a": torch.ones(2, 2), "b": torch.zeros(1)}).tolist()
         [1.0, 1.0, 1.0, 1.0, 0.0]
     """
-    return _vectorize(tensors, batch_dim=False, device=next(iter(tensors.values())).device)
+    first = _check_tensors(tensors, "flatten_params")[0]
+    return _vectorize(tensors, batch_dim=False, device=first.device)
 
 
 def _trainable(model: torch.nn.Module) -> dict[str, Tensor]:
@@ -175,7 +246,7 @@ def _trainable(model: torch.nn.Module) -> dict[str, Tensor]:
 
 def _unflatten_params(tensors: Tensor, model: torch.nn.Module) -> dict[str, Tensor]:
     """Split a flat tensor into the model's trainable parameters, the inverse of
-    :func:`flatten_params`.
+    [`flatten_params`][dattri.func.utils.flatten_params].
 
     Args:
         tensors: a 1-D tensor whose leading entries hold the parameters (extra entries are
@@ -205,11 +276,28 @@ def _unflatten_params_layerwise(
 
     Returns:
         A dict ``name -> tensors[i].view(shape)``.
+
+    Raises:
+        ShapeMismatchError: if there are fewer tensors than trainable parameters, or a tensor's
+            number of entries is not its parameter's.
     """
     params = _trainable(model)
     if not params:
         return {}
     spec = FlatSpec.of(params)
+    if len(tensors) < len(spec.keys):
+        raise ShapeMismatchError(
+            f"got {len(tensors)} per-layer tensors for {len(spec.keys)} trainable parameters "
+            f"({', '.join(map(str, spec.keys))}); pass one tensor per parameter, in "
+            f"named_parameters order"
+        )
+    for i, (key, shape, numel) in enumerate(zip(spec.keys, spec.shapes, spec.numels, strict=True)):
+        if tensors[i].numel() != numel:
+            raise ShapeMismatchError(
+                f"per-layer tensor {i} has shape {tuple(tensors[i].shape)} ({tensors[i].numel()} "
+                f"entries) but parameter {key!r} has shape {tuple(shape)} ({numel} entries); "
+                f"pass one tensor per parameter, in named_parameters order"
+            )
     layout = enumerate(zip(spec.keys, spec.shapes, strict=True))
     return {key: tensors[i].view(shape) for i, (key, shape) in layout}
 
@@ -218,8 +306,8 @@ def flatten_func(model: torch.nn.Module, param_num: int = 0) -> Callable:
     """A decorator making a function of a parameter dict take flat parameters instead.
 
     The wrapped function's argument at position ``param_num`` may then be a flat tensor (split
-    with :func:`_unflatten_params`) or a tuple of per-layer flat tensors (reshaped with
-    :func:`_unflatten_params_layerwise`).
+    with `_unflatten_params`) or a tuple of per-layer flat tensors (reshaped with
+    `_unflatten_params_layerwise`).
 
     Args:
         model: the module giving the names and shapes of the parameters.
@@ -261,8 +349,8 @@ def partial_param(
 
     On every call the argument at ``param_num`` (the flat parameters of the layers in
     ``layer_name``, in that order) is split into those layers, written into ``full_param`` (which
-    is updated in place, as in dattri) and the function receives :func:`flatten_params` of the
-    updated ``full_param``.
+    is updated in place, as in dattri) and the function receives
+    [`flatten_params`][dattri.func.utils.flatten_params] of the updated ``full_param``.
 
     Args:
         full_param: all parameters, by name; updated in place on every call.
@@ -270,7 +358,8 @@ def partial_param(
         param_num: the position of the parameter argument.
 
     Returns:
-        The decorator.
+        The decorator. Its function raises a ``ShapeMismatchError`` (before updating
+        ``full_param``) when the vector has fewer entries than the layers.
 
     Example:
         >>> full = {"a": torch.zeros(2), "b": torch.ones(3)}
@@ -286,6 +375,16 @@ def partial_param(
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             new_args = list(args)
             flat = new_args[param_num]
+            sizes = [(layer, full_param[layer].numel()) for layer in layer_name]
+            needed = sum(size for _, size in sizes)
+            if isinstance(flat, Tensor) and flat.ndim >= 1 and flat.shape[0] < needed:
+                # checked before full_param is touched; more entries are ignored, as in dattri
+                raise ShapeMismatchError(
+                    f"the parameter vector has {flat.shape[0]} entries but the layers "
+                    f"{list(layer_name)} have {needed} ("
+                    + ", ".join(f"{layer!r}: {size}" for layer, size in sizes)
+                    + "); pass their parameters flattened, in that order"
+                )
             start = 0
             for layer in layer_name:
                 size = full_param[layer].numel()

@@ -1,8 +1,9 @@
 """Curvature operators: defined at one batch and a point, turned into dataset operators by the
-generic :class:`DatasetMean`.
+generic [`DatasetMean`][linop.DatasetMean].
 
-Data flows one way: data source (:mod:`linop.data`) → one-batch operator
-(:class:`HessianOperator`, any :class:`CurvatureOperator`) → :class:`DatasetMean` → solvers.
+Data flows one way: data source (`linop.data`) → one-batch operator
+([`HessianOperator`][linop.HessianOperator], any [`CurvatureOperator`][linop.CurvatureOperator]) →
+[`DatasetMean`][linop.DatasetMean] → solvers.
 """
 
 from __future__ import annotations

@@ -1,17 +1,24 @@
 """Automatic-differentiation pieces shared by the curvature operators: the scalar-loss check and
-the functional Hessian-vector product :func:`hvp`."""
+the functional Hessian-vector product [`hvp`][linop.hvp]."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.func import grad, jvp, vjp
+from torch.func import grad, jvp, vjp, vmap
 
-from linop.errors import NonScalarLossError
+from linop.errors import (
+    DeviceMismatchError,
+    DTypeMismatchError,
+    NonScalarLossError,
+    ShapeMismatchError,
+)
+from linop.operator import canonical_device
 
-__all__ = ["MODES", "as_scalar", "check_mode", "hvp"]
+__all__ = ["MODES", "ColumnChunks", "as_scalar", "check_mode", "hvp"]
 
 #: The automatic-differentiation modes a HessianOperator accepts.
 MODES = ("rev-rev", "rev-fwd")
@@ -24,8 +31,8 @@ def check_mode(mode: str) -> None:
 
 
 def as_scalar(loss: Any) -> torch.Tensor:
-    """The loss as a 0-d tensor, or :class:`~linop.errors.NonScalarLossError` saying how to
-    reduce it."""
+    """The loss as a 0-d tensor, or [`NonScalarLossError`][linop.errors.NonScalarLossError] saying
+    how to reduce it."""
     if not isinstance(loss, torch.Tensor):
         raise NonScalarLossError(f"the loss must be a torch.Tensor, got {type(loss).__name__}")
     if loss.numel() != 1:
@@ -44,8 +51,9 @@ def hvp(
     mode: str = "rev-rev",
 ) -> torch.Tensor:
     """One Hessian-vector product of ``func`` at ``primals`` with respect to the tensor
-    ``primals[argnums]``, as a pure function: no checks, no caching, composable with
-    ``torch.func.vmap`` over ``primals`` or ``v``. Only ``primals[argnums]`` is differentiated.
+    ``primals[argnums]``, as a pure function: no caching, composable with ``torch.func.vmap``
+    over ``primals`` or ``v``. Only ``primals[argnums]`` is differentiated. Shapes, dtypes and
+    devices of ``v`` and the input are checked (typed errors); values are not.
 
     Example:
         >>> import torch
@@ -55,9 +63,77 @@ def hvp(
     """
     check_mode(mode)
     primals = tuple(primals)
+    if not -len(primals) <= argnums < len(primals):
+        raise ValueError(f"argnums={argnums} is out of range for {len(primals)} inputs")
     argnums = argnums % len(primals)  # -1: the last
+    point = primals[argnums]
+    if not isinstance(point, torch.Tensor) or not point.is_floating_point():
+        raise DTypeMismatchError(
+            f"the input differentiated (argnums={argnums}) must be a floating-point tensor, got "
+            f"{getattr(point, 'dtype', type(point).__name__)}"
+        )
+    if not isinstance(v, torch.Tensor) or v.shape != point.shape:
+        raise ShapeMismatchError(
+            f"v must have the shape of the input differentiated, {tuple(point.shape)}, got "
+            f"{tuple(getattr(v, 'shape', ()))}"
+        )
+    if v.dtype != point.dtype:
+        raise DTypeMismatchError(
+            f"v is {v.dtype} but the input differentiated is {point.dtype}; convert v with "
+            f".to({point.dtype}) (linop never casts silently)"
+        )
+    if canonical_device(v.device) != canonical_device(point.device):
+        raise DeviceMismatchError(
+            f"v is on {v.device} but the input differentiated is on {point.device}"
+        )
     before, after = primals[:argnums], primals[argnums + 1 :]
     g = grad(lambda p: as_scalar(func(*before, p, *after)))
     if mode == "rev-rev":
         return vjp(g, primals[argnums])[1](v)[0]
     return jvp(g, (primals[argnums],), (v,))[1]
+
+
+class ColumnChunks:
+    """How many columns one vmapped product takes on a CPU, learned from the products' own
+    timings.
+
+    vmapping columns amortises the per-product overhead (Python, dispatch, the parts of the
+    graph that do not depend on the vector), but its working memory grows with the chunk; past
+    the caches it slows down again. The best chunk depends on the model, the batch and the
+    machine (to materialise the Hessian of a 7850-parameter model on 4 examples, forward over
+    reverse: 5.2 s with chunks of 8 columns, 0.67 s with 256, 0.78 s with 1024; on larger models
+    and batches the best chunks measured were 8 to 64). So it keeps the best time per column
+    seen for each chunk size it used (a call with fewer columns than the chunk measures its own
+    size), starts at ``start`` columns, doubles the best size while its double is untried (up to
+    ``limit``), and otherwise keeps the best; copies of the operator (its other batches) share
+    what was learned.
+    """
+
+    def __init__(self, start: int = 8, limit: int = 8192) -> None:
+        self.size, self.limit = start, limit
+        self.seconds: dict[int, float] = {}  # chunk size -> best time per column seen
+
+    def _next(self) -> int:
+        """The best size so far, or its double while that is untried."""
+        best = min(self.seconds, key=self.seconds.__getitem__)
+        bigger = min(2 * best, self.limit)
+        return bigger if bigger not in self.seconds else best
+
+    def apply(self, fn: Callable[[torch.Tensor], torch.Tensor], V: torch.Tensor) -> torch.Tensor:
+        """``fn`` applied to every column of ``V`` ``(n, k)``, vmapped in chunks."""
+        k, start = V.shape[1], 0
+        out: torch.Tensor | None = None
+        while start < k:
+            size = min(self.size, k - start)
+            began = time.perf_counter()
+            part = vmap(fn, in_dims=1, out_dims=1)(V[:, start : start + size])
+            if out is None:  # written chunk by chunk: no concatenation copy at the end
+                out = part if size == k else part.new_empty(part.shape[0], k)
+            if part is not out:
+                out[:, start : start + size] = part
+            per_column = (time.perf_counter() - began) / size
+            self.seconds[size] = min(self.seconds.get(size, per_column), per_column)
+            self.size = self._next()
+            start += size
+        assert out is not None
+        return out

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from linop.errors import DTypeMismatchError
+
 __all__ = ["ModuleLoss", "module_point", "one_batch"]
 
 
@@ -33,6 +35,11 @@ def module_point(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[
             "model.eval() first"
         )
     params = {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError(
+            "the model has no trainable parameters (none with requires_grad=True): there is "
+            "nothing to take the curvature with respect to"
+        )
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
     return params, buffers
 
@@ -53,6 +60,12 @@ class ModuleLoss:
 
     def outputs(self, params: dict[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
         """The model's outputs at ``params``."""
+        dtype = next(iter(params.values())).dtype
+        if isinstance(X, torch.Tensor) and X.is_floating_point() and X.dtype != dtype:
+            raise DTypeMismatchError(
+                f"the inputs are {X.dtype} but the model's parameters are {dtype}; convert one "
+                f"of them (model.to({X.dtype}) or X.to({dtype})): linop never casts silently"
+            )
         return torch.func.functional_call(self.model, {**params, **self.buffers}, (X,))
 
     def __call__(self, params: dict[str, torch.Tensor], X: torch.Tensor, y: Any) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """The one-batch curvature operator: a point (a snapshot of the parameters) and one batch.
 
 A curvature operator (Hessian, Gauss-Newton, Fisher, ...) is defined at **one batch** and a
-point; a subclass writes the batch's loss (:meth:`CurvatureOperator.loss`) and its ``_matmat``,
-and nothing about datasets: :class:`~linop.curvature.dataset.DatasetMean` turns any of them into
-the example-weighted mean over a data source through :meth:`CurvatureOperator.at`.
+point; a subclass writes the batch's loss ([`CurvatureOperator.loss`][linop.CurvatureOperator.loss])
+and its ``_matmat``, and nothing about datasets: [`DatasetMean`][linop.DatasetMean] turns any of
+them into the example-weighted mean over a data source through
+[`CurvatureOperator.at`][linop.CurvatureOperator.at].
 
 **The point is a snapshot.** The parameters are copied when the operator is built, so training
 the model afterwards (an optimizer step updates parameters in place) never changes the products:
@@ -20,7 +21,7 @@ from torch.func import grad
 
 from linop._tensor import all_finite
 from linop.data import Batch, as_batch
-from linop.errors import DeviceMismatchError
+from linop.errors import DeviceMismatchError, DTypeMismatchError
 from linop.flat import FlatSpec, Tree
 from linop.operator import LinearOperator, OperatorCache
 from linop.tags import Tags
@@ -42,7 +43,7 @@ class CurvatureOperator(LinearOperator):
         batch: the batch, a tuple of inputs.
     """
 
-    #: attributes that hold per-batch derived state (rebuilt lazily; dropped by :meth:`at` and
+    #: attributes that hold per-batch derived state (rebuilt lazily; dropped by `at` and
     #: when pickling)
     _transient: tuple[str, ...] = ()
 
@@ -52,7 +53,10 @@ class CurvatureOperator(LinearOperator):
         if len(spec.shapes) == 1:  # flatten returned a view of the caller's tensor: copy it
             params = params.clone()
         if not params.is_floating_point():
-            raise TypeError(f"the point must be floating point, got {params.dtype}")
+            raise DTypeMismatchError(
+                f"the point must be a real floating-point tensor (float64, float32, float16, "
+                f"bfloat16), got {params.dtype}"
+            )
         n = params.shape[0]
         super().__init__((n, n), params.dtype, params.device, tags)
         self.spec: FlatSpec = spec

@@ -4,12 +4,13 @@
 ``n_b`` their numbers of examples), lazily: every product makes one pass over the data, applying
 the one-batch operator ``A(b)`` of each batch. For a loss that is the mean over its batch, the
 mean of the one-batch Hessians is the Hessian of the mean loss over the whole dataset. Over a
-:class:`~linop.data.ShardedData` the sums are all-reduced across ranks.
+[`ShardedData`][linop.ShardedData] the sums are all-reduced across ranks.
 
 The mean is generic: any operator with an ``at(batch)`` method (every
-:class:`~linop.curvature.base.CurvatureOperator`), or any function from a batch to an operator,
-makes one. It is also the hook stochastic solvers use: :meth:`DatasetMean.minibatch` is the
-operator at one random minibatch, drawn reproducibly (LiSSA).
+[`CurvatureOperator`][linop.CurvatureOperator]), or any function from a batch to an operator,
+makes one. It is also the hook stochastic solvers use:
+[`DatasetMean.minibatch`][linop.DatasetMean.minibatch] is the operator at one random minibatch,
+drawn reproducibly (LiSSA).
 
 Example:
     >>> import torch
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from linop._checks import integer
 from linop.data import Batch, DataSource, as_source
 from linop.operator import LinearOperator
 
@@ -44,7 +46,7 @@ class DatasetMean(LinearOperator):
     Args:
         at: the one-batch operator at any batch: an operator with an ``at(batch)`` method
             (then its own batch is only a template), or a function from a batch to an operator.
-        data: a :class:`~linop.data.DataSource`, or what :func:`~linop.data.as_source` accepts
+        data: a [`DataSource`][linop.DataSource], or what [`as_source`][linop.as_source] accepts
             (a DataLoader, a list of batches).
         progress: show a progress bar over the batches of every product.
 
@@ -76,7 +78,7 @@ class DatasetMean(LinearOperator):
 
     @property
     def spec(self) -> Any:
-        """The one-batch operator's flat layout (see :class:`~linop.flat.FlatSpec`)."""
+        """The one-batch operator's flat layout (see [`FlatSpec`][linop.FlatSpec])."""
         return self.like.spec  # type: ignore[attr-defined]
 
     @property
@@ -98,7 +100,7 @@ class DatasetMean(LinearOperator):
             leave=False,
         )
         for batch in batches:
-            nb = self.data.examples_in(batch)
+            nb = integer("a batch's number of examples", self.data.examples_in(batch), 0)
             total = total + per_batch(self.at(batch)) * nb  # out of place: vmap works
             count += nb
         total, count = self.data.reduce(total, count)
@@ -111,6 +113,9 @@ class DatasetMean(LinearOperator):
 
     def _adjoint(self) -> LinearOperator:
         return self if self.tags.symmetric else super()._adjoint()
+
+    def _to_dense(self, chunk_size: int | None) -> torch.Tensor:
+        return self.mean(lambda op: op._to_dense(chunk_size), self.shape[1])
 
     def gradient(self) -> torch.Tensor:
         """The example-weighted mean of the one-batch operators' ``gradient()``: the gradient of

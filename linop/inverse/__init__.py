@@ -1,4 +1,4 @@
-"""Lazy inverses: ``A.inverse(method=..., **options)`` and :func:`solve`.
+"""Lazy inverses: ``A.inverse(method=..., **options)`` and [`solve`][linop.solve].
 
 ======== =====================================================================================
 method   what it does
@@ -11,9 +11,10 @@ arnoldi  Lanczos top-k eigenpairs once (kept in the operator's cache), then ``V 
 lissa    stochastic Neumann series over random minibatches of a dataset mean
 ======== =====================================================================================
 
-Each method's options are a typed object (:class:`CGOptions`, :class:`ExplicitOptions`,
-:class:`ArnoldiOptions`, :class:`LissaOptions`), checked when the inverse is built; why each
-column stopped is a :class:`StopReason` on :class:`SolveInfo`.
+Each method's options are a typed object ([`CGOptions`][linop.CGOptions],
+[`ExplicitOptions`][linop.ExplicitOptions], [`ArnoldiOptions`][linop.ArnoldiOptions],
+[`LissaOptions`][linop.LissaOptions]), checked when the inverse is built; why each column stopped is
+a [`StopReason`][linop.StopReason] on [`SolveInfo`][linop.SolveInfo].
 
 Example:
     >>> import torch

@@ -1,10 +1,10 @@
-"""The Arnoldi inverse: the top eigenpairs of ``A`` (Lanczos, :mod:`linop.lanczos`, kept in the
-operator's cache), then ``A⁻¹ ≈ V (Λ + λ)⁻¹ Vᵀ``.
+"""The Arnoldi inverse: the top eigenpairs of ``A`` (Lanczos, [`linop.lanczos`][linop.lanczos], kept
+in the operator's cache), then ``A⁻¹ ≈ V (Λ + λ)⁻¹ Vᵀ``.
 
 Handling of small and negative eigenvalues (never NaN): eigenpairs with
 ``|θ + λ| ≤ cutoff · max|θ + λ|`` are dropped (a pseudo-inverse on the resolved subspace) with a
-:class:`~linop.errors.NegativeCurvatureWarning`; negative ``θ + λ`` beyond the cutoff are
-inverted as they are (the exact inverse on their eigenvector) with the same warning.
+[`NegativeCurvatureWarning`][linop.errors.NegativeCurvatureWarning]; negative ``θ + λ`` beyond the
+cutoff are inverted as they are (the exact inverse on their eigenvector) with the same warning.
 """
 
 from __future__ import annotations
@@ -13,18 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
+from linop._checks import non_negative, positive_int
+from linop._checks import seed as check_seed
 from linop._warn import warn
 from linop.algebra import split_shift
 from linop.errors import NegativeCurvatureWarning
-from linop.inverse.base import (
-    SolveInfo,
-    SolverOptions,
-    StopReason,
-    Strategy,
-    non_negative,
-    positive_int,
-    register,
-)
+from linop.inverse.base import SolveInfo, SolverOptions, StopReason, Strategy, register
 from linop.lanczos import eigh
 
 __all__ = ["ArnoldiOptions", "ArnoldiStrategy"]
@@ -55,7 +49,7 @@ class ArnoldiOptions(SolverOptions):
         rank: eigenpairs kept.
         maxiter: Lanczos steps (default ``max(2 rank, rank + 20)``).
         seed: seed of the Lanczos start vector.
-        tol: Lanczos breakdown threshold (see :func:`linop.lanczos.lanczos`).
+        tol: Lanczos breakdown threshold (see [`linop.lanczos.lanczos`][linop.lanczos.lanczos]).
         which: ``"LM"`` (largest ``|θ + λ|``) or ``"LA"`` (largest ``θ + λ``).
         cutoff: relative size below which ``θ + λ`` is dropped.
         complement: add ``(I − VVᵀ)/λ`` for the unresolved subspace (needs ``λ > 0``).
@@ -74,6 +68,7 @@ class ArnoldiOptions(SolverOptions):
         positive_int("rank", self.rank, allow_none=False)
         positive_int("maxiter", self.maxiter)
         non_negative("cutoff", self.cutoff)
+        check_seed(self.seed)
         if self.tol is not None:
             non_negative("tol", self.tol)
         if self.which not in ("LM", "LA"):
@@ -82,7 +77,8 @@ class ArnoldiOptions(SolverOptions):
 
 @register
 class ArnoldiStrategy(Strategy):
-    """The low-rank inverse from Lanczos eigenpairs; options: :class:`ArnoldiOptions`."""
+    """The low-rank inverse from Lanczos eigenpairs; options:
+    [`ArnoldiOptions`][linop.ArnoldiOptions]."""
 
     name = "arnoldi"
     Options = ArnoldiOptions

@@ -1,11 +1,12 @@
 """What every inverse method shares: typed options, the strategy protocol, why a column stopped,
 and the report of a solve.
 
-A method is a :class:`Strategy` subclass with a frozen dataclass of options (a
-:class:`SolverOptions`): the options are parsed and validated when the inverse is built, so an
-unknown or invalid option fails at ``A.inverse(...)`` with the list of valid ones. The strategy's
-:meth:`~Strategy.setup` runs once, lazily; :meth:`~Strategy.solve` runs per right-hand side and
-returns a :class:`SolveInfo` whose ``reasons`` are :class:`StopReason` members.
+A method is a `Strategy` subclass with a frozen dataclass of options (a
+[`SolverOptions`][linop.SolverOptions]): the options are parsed and validated when the inverse is
+built, so an unknown or invalid option fails at ``A.inverse(...)`` with the list of valid ones. The
+strategy's `setup` runs once, lazily; `solve` runs per right-hand side and
+returns a [`SolveInfo`][linop.SolveInfo] whose ``reasons`` are [`StopReason`][linop.StopReason]
+members.
 
 Example:
     >>> from linop.inverse import CGOptions, StopReason
@@ -70,7 +71,7 @@ class SolveInfo:
             does not compute them: arnoldi, lissa).
         converged: ``(k,)`` whether each column met its tolerance (True for methods that check
             none — arnoldi, lissa — whose residuals are NaN and whose ``str`` says so).
-        reasons: why each column stopped, a :class:`StopReason` per column.
+        reasons: why each column stopped, a [`StopReason`][linop.StopReason] per column.
         hvps: how many operator-vector products the solve made (columns counted), set-up
             included when it ran in this call.
         seconds: wall time of the call.
@@ -121,7 +122,8 @@ class SolveInfo:
 class SolverOptions:
     """Base of every method's options: a frozen dataclass whose fields are the valid options.
 
-    Subclasses set ``method`` (the method's name) and check their values in :meth:`validate`.
+    Subclasses set ``method`` (the method's name) and check their values in
+    [`validate`][linop.SolverOptions.validate].
     """
 
     method: ClassVar[str] = ""
@@ -153,33 +155,10 @@ class SolverOptions:
         }
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
-
-
-def non_negative(name: str, value: float) -> None:
-    """``value ≥ 0`` (and a number), or a ``ValueError`` naming the option."""
-    _check(
-        isinstance(value, (int, float)) and value >= 0,
-        f"{name} must be a non-negative number, got {value!r}",
-    )
-
-
-def positive_int(name: str, value: int | None, allow_none: bool = True) -> None:
-    """A positive integer (or None when allowed), or a ``ValueError`` naming the option."""
-    if value is None and allow_none:
-        return
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    _check(
-        ok, f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}"
-    )
-
-
 class Strategy:
-    """One inverse method: typed options, a once-only :meth:`setup`, a per-call :meth:`solve`.
+    """One inverse method: typed options, a once-only `setup`, a per-call `solve`.
 
-    Subclasses set ``name`` and ``Options`` and implement :meth:`_setup` and :meth:`solve`.
+    Subclasses set ``name`` and ``Options`` and implement `_setup` and `solve`.
     """
 
     name: ClassVar[str] = ""
@@ -212,6 +191,6 @@ METHODS: dict[str, type[Strategy]] = {}
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator adding a :class:`Strategy` to :data:`METHODS`."""
+    """Class decorator adding a `Strategy` to `METHODS`."""
     METHODS[cls.name] = cls
     return cls

@@ -2,9 +2,9 @@
 
 A column stops when ``‖b − A x‖ ≤ max(rtol · ‖b‖, atol)`` (scipy's semantics), when it meets
 non-positive curvature ``pᵀ A p ≤ 0`` (the operator is not positive definite along ``p``; the last
-iterate is kept and a :class:`~linop.errors.NegativeCurvatureWarning` is issued), or at
-``maxiter`` (a :class:`~linop.errors.ConvergenceWarning`). Nothing becomes NaN: a column whose
-residual reaches exactly zero is simply done.
+iterate is kept and a [`NegativeCurvatureWarning`][linop.errors.NegativeCurvatureWarning] is
+issued), or at ``maxiter`` (a [`ConvergenceWarning`][linop.errors.ConvergenceWarning]). Nothing
+becomes NaN: a column whose residual reaches exactly zero is simply done.
 
 Stopped columns are frozen on the device by masks; every ``check_every`` iterations the active set
 is read on the host (one sync) and the products shrink to the still-active columns.
@@ -19,22 +19,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from linop._checks import integer, non_negative, positive_int
+from linop._checks import seed as check_seed
 from linop._warn import warn
 from linop.errors import (
     AttainableAccuracyWarning,
     ConvergenceWarning,
     NegativeCurvatureWarning,
+    NonFiniteError,
     ShapeMismatchError,
 )
-from linop.inverse.base import (
-    SolveInfo,
-    SolverOptions,
-    StopReason,
-    Strategy,
-    non_negative,
-    positive_int,
-    register,
-)
+from linop.inverse.base import SolveInfo, SolverOptions, StopReason, Strategy, register
 from linop.inverse.preconditioners import PRECONDITIONERS, as_preconditioner
 from linop.operator import LinearOperator
 
@@ -54,7 +49,7 @@ class CGOptions(SolverOptions):
         preconditioner: ``M ≈ A⁻¹``: a symmetric positive definite operator of ``A``'s shape,
             dtype and device, a callable on ``(n, k)`` tensors, or ``"arnoldi"`` (deflation by
             the top ``rank`` eigenpairs, see
-            :func:`~linop.inverse.preconditioners.deflation_preconditioner`).
+            [`deflation_preconditioner`][linop.inverse.preconditioners.deflation_preconditioner]).
         rank: eigenpairs of a named preconditioner.
         arnoldi_maxiter: Lanczos steps of a named preconditioner (default as ``eigh``).
         seed: seed of a named preconditioner's Lanczos start.
@@ -83,12 +78,9 @@ class CGOptions(SolverOptions):
     def validate(self) -> None:
         non_negative("rtol", self.rtol)
         non_negative("atol", self.atol)
-        if self.maxiter is not None and (
-            isinstance(self.maxiter, bool) or not isinstance(self.maxiter, int) or self.maxiter < 0
-        ):
-            raise ValueError(
-                f"maxiter must be a non-negative integer or None, got {self.maxiter!r}"
-            )
+        if self.maxiter is not None:
+            integer("maxiter", self.maxiter, 0)
+        check_seed(self.seed)
         positive_int("rank", self.rank, allow_none=False)
         positive_int("arnoldi_maxiter", self.arnoldi_maxiter)
         positive_int("check_every", self.check_every)
@@ -111,7 +103,7 @@ class CGOptions(SolverOptions):
 
 @register
 class CGStrategy(Strategy):
-    """Batched, preconditioned conjugate gradient; options: :class:`CGOptions`."""
+    """Batched, preconditioned conjugate gradient; options: [`CGOptions`][linop.CGOptions]."""
 
     name = "cg"
     Options = CGOptions
@@ -139,6 +131,9 @@ class CGStrategy(Strategy):
             R = B.clone()
         bnorm = B.norm(dim=0)
         threshold = torch.clamp(o.rtol * bnorm, min=o.atol)
+        # below eps·‖b‖ the recursive residual is rounding noise (it may go on shrinking into
+        # underflow, where pᵀAp reads 0): the column has reached the attainable accuracy
+        floor = torch.finfo(B.dtype).eps * bnorm
         Z = M(R) if M else R
         P = Z.clone()
         rz = (R * Z).sum(0)
@@ -147,9 +142,12 @@ class CGStrategy(Strategy):
         # the largest Rayleigh quotient pᵀAp/pᵀp seen per column: curvature below eps^1.5 times it
         # is zero to working precision (a singular operator: there it is ~eps² times it, and a
         # step would overflow), while a positive definite one resolvable in the dtype stays above
-        top = torch.zeros(k, dtype=B.dtype, device=B.device)
+        # (in float32 at least: half-precision pᵀp underflows long before the iteration is done)
+        acc = torch.promote_types(B.dtype, torch.float32)
+        top = torch.zeros(k, dtype=acc, device=B.device)
         eps = torch.finfo(B.dtype).eps ** 1.5
         iters = torch.zeros(k, dtype=torch.long, device=B.device)
+        nonfinite = torch.zeros(k, dtype=torch.bool, device=B.device)
         active = torch.nonzero(live).flatten().tolist()
         bar = tqdm(total=maxiter, desc="CG", disable=not o.progress, leave=False)
         it = 0
@@ -159,21 +157,23 @@ class CGStrategy(Strategy):
                 P_a = P.index_select(1, idx)
                 AP = A._matmat(P_a)
                 hvps += len(active)
-                pAp = (P_a * AP).sum(0)
-                pp = (P_a * P_a).sum(0)
+                pAp = (P_a.to(acc) * AP.to(acc)).sum(0)
+                pp = P_a.to(acc).square().sum(0)
                 rq = torch.nan_to_num(pAp / pp.clamp_min(torch.finfo(pp.dtype).tiny)).abs()
                 top[idx] = torch.maximum(top[idx], rq)
                 on = live[idx]
                 curv = pAp.abs() if o.indefinite else pAp
                 bad = on & ~(curv > eps * top[idx] * pp)  # non-positive (or non-finite) curvature
+                nonfinite[idx] |= on & ~torch.isfinite(pAp)
                 curvature[idx] |= bad
                 on = on & ~bad
-                alpha = torch.where(on, rz[idx] / torch.where(on, pAp, 1), 0)
+                alpha = torch.where(on, rz[idx] / torch.where(on, pAp, 1), 0).to(B.dtype)
                 X[:, idx] += alpha * P_a
                 R_a = R.index_select(1, idx) - alpha * AP
                 R[:, idx] = R_a
                 iters[idx] += on.long()
-                done = R_a.norm(dim=0) <= threshold[idx]
+                rn = R_a.norm(dim=0)
+                done = (rn <= threshold[idx]) | (rn <= floor[idx])
                 on = on & ~done
                 live[idx] = on
                 Z_a = M(R_a) if M else R_a
@@ -183,11 +183,17 @@ class CGStrategy(Strategy):
                 rz[idx] = torch.where(on, rz_new, rz[idx])
                 it += 1
             bar.update(min(every, bar.total - bar.n))
-            active = torch.nonzero(live).flatten().tolist()
+            state = torch.cat([live, nonfinite.any().reshape(1)]).tolist()  # one host transfer
+            if state[-1]:
+                raise NonFiniteError(
+                    f"CG met NaN or infinite values in {int(nonfinite.sum())} column(s): the "
+                    f"products of {A!r} (or its preconditioner) are not finite"
+                )
+            active = [i for i, on in enumerate(state[:-1]) if on]
         bar.close()
         recursive = R.norm(dim=0)
         R = B - A._matmat(X)  # the true residual: rounding makes the recursive one drift
-        return X, self._info(R, recursive, bnorm, threshold, iters, curvature, hvps + k)
+        return X, self._info(R, recursive, bnorm, threshold, floor, iters, curvature, hvps + k)
 
     def _initial(self, B: torch.Tensor) -> torch.Tensor:
         x0 = self.options.x0
@@ -196,6 +202,8 @@ class CGStrategy(Strategy):
         if callable(x0):
             x0 = x0(B)
         self.operator._check_tensor(x0, "x0")
+        if not bool(torch.isfinite(x0).all()):
+            raise NonFiniteError("the initial guess x0 has NaN or infinite entries")
         X = x0.unsqueeze(1) if x0.ndim == 1 else x0
         if X.shape[0] != B.shape[0] or X.shape[1] not in (1, B.shape[1]):
             raise ShapeMismatchError(
@@ -209,13 +217,14 @@ class CGStrategy(Strategy):
         recursive: torch.Tensor,
         bnorm: torch.Tensor,
         threshold: torch.Tensor,
+        floor: torch.Tensor,
         iters: torch.Tensor,
         curvature: torch.Tensor,
         hvps: int,
     ) -> SolveInfo:
         rnorm = R.norm(dim=0)
         converged = (rnorm <= threshold) & ~curvature
-        drifted = (recursive <= threshold) & ~converged & ~curvature
+        drifted = (recursive <= threshold.maximum(floor)) & ~converged & ~curvature
         residuals = rnorm / torch.where(bnorm > 0, bnorm, 1)
         curved = (
             StopReason.ZERO_CURVATURE if self.options.indefinite else StopReason.NEGATIVE_CURVATURE
@@ -234,10 +243,11 @@ class CGStrategy(Strategy):
         n_slow = reasons.count(StopReason.MAXITER)
         if n_drift:
             warn(
-                f"CG reached the tolerance in its recursive residual but not in the true residual "
-                f"‖b − Ax‖ in {n_drift} of {k} column(s) (max relative residual "
-                f"{float(residuals[drifted].max()):.2e}): rounding in {R.dtype} limits the "
-                f"accuracy. Use float64, a looser rtol, or a shift",
+                f"CG stopped at the accuracy that rounding in {R.dtype} allows, above the "
+                f"tolerance, in {n_drift} of {k} column(s): its recursive residual met the "
+                f"tolerance (or fell to rounding level) but the true residual ‖b − Ax‖ did not "
+                f"(max relative residual {float(residuals[drifted].max()):.2e}). Use float64, a "
+                f"looser rtol, or a shift",
                 AttainableAccuracyWarning,
             )
         if n_curv:

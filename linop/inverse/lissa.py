@@ -8,11 +8,11 @@ batched product per step.
 
 Divergence is detected on the increments ``‖h_{t+1} − h_t‖`` (the partial sums legitimately
 grow): a non-finite increment, or one ``divergence_factor`` times larger than the first, raises
-:class:`~linop.errors.DivergenceError` advising a larger ``scale``. On an operator without data
-the increments of a convergent series never grow (each is the last times ``I − A/s``, of norm at
-most 1), so one twice the smallest so far, above rounding, also raises: ``A`` is not positive
-definite, or ``s`` is too small. With minibatches the increments settle at the sampling noise,
-which may exceed the first, so only the growth factor applies.
+[`DivergenceError`][linop.errors.DivergenceError] advising a larger ``scale``. On an operator
+without data the increments of a convergent series never grow (each is the last times ``I − A/s``,
+of norm at most 1), so one twice the smallest so far, above rounding, also raises: ``A`` is not
+positive definite, or ``s`` is too small. With minibatches the increments settle at the sampling
+noise, which may exceed the first, so only the growth factor applies.
 """
 
 from __future__ import annotations
@@ -22,17 +22,13 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from linop._checks import finite_number, positive_int
+from linop._checks import seed as check_seed
+from linop._warn import warn
 from linop.algebra import split_shift
 from linop.curvature.dataset import DatasetMean
-from linop.errors import DivergenceError
-from linop.inverse.base import (
-    SolveInfo,
-    SolverOptions,
-    StopReason,
-    Strategy,
-    positive_int,
-    register,
-)
+from linop.errors import ConvergenceWarning, DivergenceError
+from linop.inverse.base import SolveInfo, SolverOptions, StopReason, Strategy, register
 from linop.operator import LinearOperator
 
 __all__ = ["LissaOptions", "LissaStrategy"]
@@ -68,15 +64,16 @@ class LissaOptions(SolverOptions):
         positive_int("repeats", self.repeats, allow_none=False)
         positive_int("batch_size", self.batch_size)
         positive_int("check_every", self.check_every)
-        if not (isinstance(self.scale, (int, float)) and self.scale > 0):
+        check_seed(self.seed)
+        if finite_number("scale", self.scale) <= 0:
             raise ValueError(f"scale must be positive, got {self.scale!r}")
-        if not (isinstance(self.divergence_factor, (int, float)) and self.divergence_factor > 1):
+        if finite_number("divergence_factor", self.divergence_factor) <= 1:
             raise ValueError(f"divergence_factor must exceed 1, got {self.divergence_factor!r}")
 
 
 @register
 class LissaStrategy(Strategy):
-    """The stochastic Neumann series; options: :class:`LissaOptions`."""
+    """The stochastic Neumann series; options: [`LissaOptions`][linop.LissaOptions]."""
 
     name = "lissa"
     Options = LissaOptions
@@ -102,10 +99,14 @@ class LissaStrategy(Strategy):
         bar = tqdm(total=o.repeats * o.depth, desc="LiSSA", disable=not o.progress, leave=False)
         first = B.norm(dim=0)
         deterministic = not isinstance(self.base, DatasetMean)  # no minibatches to draw
+        growth = torch.ones(k, dtype=B.dtype, device=B.device)  # ‖h_T‖ / ‖h_{T/2}‖, worst run
         for _ in range(o.repeats):
             h = B.clone()
             low = first.clone()  # the smallest increment so far, per column
+            middle = h.norm(dim=0)
             for step in range(1, o.depth):
+                if step == o.depth // 2:
+                    middle = h.norm(dim=0)
                 op = self._draw(generator)
                 Ah = op._matmat(h) + lam * h if lam else op._matmat(h)
                 increment = B - Ah / s
@@ -117,12 +118,36 @@ class LissaStrategy(Strategy):
                 bar.update(1)
             bar.update(1)
             total += h
+            growth = torch.maximum(
+                growth, h.norm(dim=0) / middle.clamp_min(torch.finfo(h.dtype).tiny)
+            )
         bar.close()
         X = total / (o.repeats * s)
         hvps = (o.depth - 1) * o.repeats * k
-        return X, SolveInfo.unchecked(
-            self.name, k, o.depth * o.repeats, StopReason.FIXED_DEPTH, hvps
-        )
+        info = SolveInfo.unchecked(self.name, k, o.depth * o.repeats, StopReason.FIXED_DEPTH, hvps)
+        info.converged = self._growth_check(growth).cpu()
+        return X, info
+
+    def _growth_check(self, growth: torch.Tensor) -> torch.Tensor:
+        """Whether each column settled: a convergent series stops changing, so its iterate at
+        the end is about its iterate halfway (along an eigenvalue ``θ``, the ratio is
+        ``1 + (1 − θ/s)^(T/2)``), while a direction it cannot converge along (``θ = 0``: a
+        singular operator with ``λ = 0``) grows linearly, doubling it. A ratio above 1.25 (that
+        direction less than 75 % converged) warns."""
+        settled = growth <= 1.25
+        if not bool(settled.all()) and self.options.depth >= 4:
+            warn(
+                f"LiSSA has not converged in {int((~settled).sum())} of {len(settled)} column(s): "
+                f"the iterate grew by up to {float(growth.max()) - 1:.0%} over the second half of "
+                f"the recursion, where a converged series stops changing. With λ = "
+                f"{self.shift:g}, the operator may be singular (softmax Hessians are: adding the "
+                f"same amount to every logit changes nothing), and the answer then grows with "
+                f"depth: add a shift λ > 0. Otherwise raise depth, or lower scale (keeping it "
+                f"above the largest eigenvalue)",
+                ConvergenceWarning,
+            )
+            return settled
+        return torch.ones_like(settled)
 
     def _check(
         self,

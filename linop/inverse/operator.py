@@ -1,8 +1,8 @@
-"""The lazy inverse operator and :func:`solve`.
+"""The lazy inverse operator and [`solve`][linop.solve].
 
-An :class:`InverseOperator` is itself a :class:`~linop.operator.LinearOperator`. Its set-up
-(factorisation, eigen-decomposition) runs once, on first use, and is reused for every right-hand
-side; after each product, :attr:`InverseOperator.info` holds a :class:`~linop.inverse.SolveInfo`.
+An [`InverseOperator`][linop.InverseOperator] is itself a [`LinearOperator`][linop.LinearOperator].
+Its set-up (factorisation, eigen-decomposition) runs once, on first use, and is reused for every
+right-hand side; after each product, `InverseOperator.info` holds a [`SolveInfo`][linop.SolveInfo].
 
 ``inv @ v`` is differentiable and vmappable with respect to ``v`` for every method: the gradient
 of ``A⁻¹ v`` against ``g`` is ``A⁻ᵀ g`` (another solve), and under ``torch.func.vmap`` the batch of
@@ -19,7 +19,7 @@ import torch
 from linop._tensor import traced
 from linop.errors import NonFiniteError, ShapeMismatchError
 from linop.inverse import arnoldi, cg, explicit, lissa  # noqa: F401 - they register the methods
-from linop.inverse.base import METHODS, SolveInfo, SolverOptions, Strategy
+from linop.inverse.base import METHODS, SolveInfo, SolverOptions, StopReason, Strategy
 from linop.operator import LinearOperator
 from linop.tags import Tags
 
@@ -34,6 +34,11 @@ def make_strategy(
     if isinstance(method, SolverOptions):
         if options:
             raise TypeError("pass the options either as an options object or as keywords, not both")
+        if method.method not in METHODS:
+            raise TypeError(
+                f"{type(method).__name__} names no inverse method; pass a method's options "
+                f"(CGOptions, ExplicitOptions, ArnoldiOptions, LissaOptions) or its name"
+            )
         return METHODS[method.method](operator, method)
     if method not in METHODS:
         raise ValueError(
@@ -75,12 +80,12 @@ class InverseOperator(LinearOperator):
     Args:
         operator: the square operator ``A``.
         method: ``"explicit"``, ``"cg"``, ``"arnoldi"`` or ``"lissa"``, or a typed options object
-            (:class:`~linop.inverse.CGOptions`, ...), which names its method.
+            ([`CGOptions`][linop.CGOptions], ...), which names its method.
         **options: the method's options (an unknown or invalid one is an error listing the
             valid ones).
 
     Attributes:
-        info: the :class:`~linop.inverse.SolveInfo` of the latest product (None before the first).
+        info: the [`SolveInfo`][linop.SolveInfo] of the latest product (None before the first).
         options: the method's typed options.
     """
 
@@ -106,7 +111,16 @@ class InverseOperator(LinearOperator):
         self.strategy.setup()
         return self
 
+    def matmat(self, X: torch.Tensor) -> torch.Tensor:
+        Y = super().matmat(X)
+        if X.shape[1] == 0:  # nothing was solved: say so
+            self.info = SolveInfo.unchecked(self.method, 0, 0, StopReason.DIRECT)
+        return Y
+
     def _matmat(self, B: torch.Tensor) -> torch.Tensor:
+        if self.shape[0] == 0:  # a 0 x 0 system: every column is solved, by nothing
+            self.info = SolveInfo.unchecked(self.method, B.shape[1], 0, StopReason.DIRECT)
+            return B.clone()
         if traced(B) or (torch.is_grad_enabled() and B.requires_grad):
             return _Solve.apply(B, self)
         return self._solve(B)
@@ -152,8 +166,8 @@ def solve(
     Args:
         operator: the square operator ``A``.
         b: the right-hand side(s).
-        method: as :class:`InverseOperator`.
-        return_info: also return the :class:`~linop.inverse.SolveInfo`.
+        method: as [`InverseOperator`][linop.InverseOperator].
+        return_info: also return the [`SolveInfo`][linop.SolveInfo].
         **options: the method's options.
 
     Example:
@@ -164,6 +178,8 @@ def solve(
         >>> x.tolist(), bool(info.converged.all())
         ([0.5, 0.25], True)
     """
+    if not isinstance(b, torch.Tensor):
+        raise TypeError(f"b must be a torch.Tensor, got {type(b).__name__}")
     inv = InverseOperator(operator, method, **options)
     x = inv @ b
     if not return_info:

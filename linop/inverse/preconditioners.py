@@ -1,8 +1,9 @@
 """Preconditioners for CG, as operators: a preconditioner ``M ≈ A⁻¹`` is a symmetric positive
-definite :class:`~linop.operator.LinearOperator` like any other.
+definite [`LinearOperator`][linop.LinearOperator] like any other.
 
-:func:`deflation_preconditioner` builds ``M`` from the top eigenpairs of ``A`` (kept in the
-operator's cache, so a λ sweep reuses them); :func:`as_preconditioner` turns what the CG option
+[`deflation_preconditioner`][linop.inverse.preconditioners.deflation_preconditioner] builds ``M``
+from the top eigenpairs of ``A`` (kept in the operator's cache, so a λ sweep reuses them);
+[`as_preconditioner`][linop.inverse.preconditioners.as_preconditioner] turns what the CG option
 ``preconditioner`` accepts (an operator, a callable, or a name such as ``"arnoldi"``) into one.
 
 Example:
@@ -82,7 +83,7 @@ def as_preconditioner(
     """The CG option ``preconditioner`` as an operator, and the products building it cost.
 
     ``M`` may be None, an operator of ``A``'s shape, dtype and device, a callable on ``(n, k)``
-    tensors, or a name in :data:`PRECONDITIONERS` (built with ``rank``, ``maxiter``, ``seed``).
+    tensors, or a name in `PRECONDITIONERS` (built with ``rank``, ``maxiter``, ``seed``).
     """
     if M is None:
         return None, 0

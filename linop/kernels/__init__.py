@@ -1,2 +1,2 @@
-"""Optional fast paths. The pure-torch code in :mod:`linop.kernels.hash` is the reference that
+"""Optional fast paths. The pure-torch code in `linop.kernels.hash` is the reference that
 every fast path (the Triton kernel on CUDA) is tested against."""

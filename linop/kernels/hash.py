@@ -58,7 +58,7 @@ def rademacher_bytes(
 ) -> torch.Tensor:
     """The ±1 signs of columns ``32⌊start/32⌋`` to ``stop`` packed 8 to a byte, ``(k, 4W)`` uint8
     for the ``W`` words spanned: bit ``b`` of byte ``j`` is column ``32⌊start/32⌋ + 8j + b``
-    (bit 1 means −1). An eighth of the memory of int8 signs; :func:`signs_from_bytes` expands it."""
+    (bit 1 means −1). An eighth of the memory of int8 signs; `signs_from_bytes` expands it."""
     w0, w1 = start // 32, (stop + 31) // 32
     rows = torch.arange(k, device=device).unsqueeze(1)
     words = word(seed, rows, torch.arange(w0, w1, device=device).unsqueeze(0))  # (k, W)
@@ -75,7 +75,7 @@ def rademacher_bytes(
 def signs_from_bytes(
     packed: torch.Tensor, offset: int, width: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Columns ``offset:offset + width`` of the ±1 matrix packed by :func:`rademacher_bytes`,
+    """Columns ``offset:offset + width`` of the ±1 matrix packed by `rademacher_bytes`,
     each byte looked up as 8 signs, in ``dtype``."""
     k = packed.shape[0]
     table = _sign_table(packed.device)

@@ -3,7 +3,7 @@
 Each program owns a tile of outputs and a slice of the input dimension, and computes the tile
 transposed, ``R_tile @ X_tileᵀ``, with the generated ±1 tile of ``R`` as the left operand of the
 tensor-core product. The tile comes from the same counter-based hash as
-:mod:`linop.kernels.hash`: one 32-bit hash per 32 entries, computed once per word in each thread,
+`linop.kernels.hash`: one 32-bit hash per 32 entries, computed once per word in each thread,
 whose bits are spread over the 32 entries by five in-register doublings (``tl.join``) and moved
 into the sign bit of the constant 1.0, reinterpreted as a float: no integer-to-float conversion.
 fp16 and bf16 inputs multiply in their own precision with fp32 accumulation; fp32 inputs are
@@ -11,11 +11,11 @@ split as ``x = hi + lo`` and multiplied as two tf32 products (the ±1 entries ar
 which is about as accurate as an fp32 product. Slices of the input dimension run in parallel and
 meet by atomic addition.
 
-The pure-torch path in :mod:`linop.projection` is the reference: :func:`project` checks the
+The pure-torch path in `linop.projection` is the reference: `project` checks the
 kernel against it once per device and dtype, and returns None (with a
-:class:`~linop.errors.KernelFallbackWarning`) when the kernel cannot be used, so the caller falls
-back to the reference instead of returning wrong numbers. ``tests/_kernel_asm.py`` compiles the
-kernel for sm_90 without a GPU, to check what the compiler makes of it.
+[`KernelFallbackWarning`][linop.errors.KernelFallbackWarning]) when the kernel cannot be used, so
+the caller falls back to the reference instead of returning wrong numbers. ``tests/_kernel_asm.py``
+compiles the kernel for sm_90 without a GPU, to check what the compiler makes of it.
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ def project(
 ) -> torch.Tensor | None:
     """``X Rᵀ`` for ``X`` ``(B, n)`` on CUDA with the unscaled ±1 matrix ``R`` ``(k, n)``, as
     float32 ``(B, k)``; or None when the kernel cannot be used for this device and dtype: it
-    failed to build or to run, or disagreed with the reference (see :func:`usable`), and a
-    :class:`~linop.errors.KernelFallbackWarning` said so once."""
+    failed to build or to run, or disagreed with the reference (see `usable`), and a
+    [`KernelFallbackWarning`][linop.errors.KernelFallbackWarning] said so once."""
     where = (str(X.device), X.dtype)
     if not usable(*where):
         return None
@@ -136,7 +136,7 @@ def project(
         return None
 
 
-#: Per (device, dtype): whether the kernel may be used, once :func:`usable` has judged it.
+#: Per (device, dtype): whether the kernel may be used, once `usable` has judged it.
 _VERDICTS: dict[tuple[str, torch.dtype], bool] = {}
 
 
@@ -158,7 +158,8 @@ def usable(device: str, dtype: torch.dtype) -> bool:
     """Once per device and dtype: the kernel, with the tiles that products use, must build and
     agree with the pure-torch reference on problems whose sizes are not multiples of the tiles
     (a small and a large batch, which take different tiles). Otherwise warn
-    (:class:`~linop.errors.KernelFallbackWarning`) and return False, so the reference is used."""
+    ([`KernelFallbackWarning`][linop.errors.KernelFallbackWarning]) and return False, so the
+    reference is used."""
     where = (device, dtype)
     if where not in _VERDICTS:
         if triton is None or dtype not in _ONE:

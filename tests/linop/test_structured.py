@@ -8,6 +8,7 @@ import torch
 from linop import (
     DenseOperator,
     DiagonalOperator,
+    DTypeMismatchError,
     IdentityOperator,
     LowRankOperator,
     ShapeMismatchError,
@@ -50,7 +51,7 @@ def test_dense_symmetric_detected_exactly():
 def test_dense_rejects_bad_input():
     with pytest.raises(ShapeMismatchError):
         DenseOperator(torch.ones(3, dtype=D64))
-    with pytest.raises(TypeError, match="floating"):
+    with pytest.raises(DTypeMismatchError, match="floating"):
         DenseOperator(torch.ones(3, 3, dtype=torch.int64))
 
 

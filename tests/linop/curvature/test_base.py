@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.func import grad
 
-from linop import CurvatureOperator, DatasetMean, DeviceMismatchError
+from linop import CurvatureOperator, DatasetMean, DeviceMismatchError, DTypeMismatchError
 from linop.tags import Tags
 from linop.testing import assert_close, check_operator
 from tests.linop._helpers import assert_pickles, gen
@@ -129,7 +129,7 @@ def test_pickling_drops_the_transient_state():
 
 def test_bad_points_and_batches():
     X, Y = _data()
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(DTypeMismatchError, match="floating-point"):
         GaussNewton(
             {"W": torch.ones(3, 4, dtype=torch.long), "v": torch.ones(4, 2, dtype=torch.long)},
             (X, Y),

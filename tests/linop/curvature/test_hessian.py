@@ -13,6 +13,7 @@ from torch.func import functional_call, grad, hessian
 
 from linop import (
     DeviceMismatchError,
+    DTypeMismatchError,
     HessianOperator,
     NonFiniteError,
     NonScalarLossError,
@@ -111,7 +112,7 @@ def test_bad_inputs():
         HessianOperator(loss, (w * float("nan"), X, y))
     with pytest.raises(DeviceMismatchError, match="move the data"):
         HessianOperator(loss, (w, X.to("meta"), y))
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(DTypeMismatchError, match="floating-point"):
         HessianOperator(lambda w: w.sum().float(), (torch.arange(3),))
     with pytest.raises(TypeError, match="one-shot"):
         HessianOperator.from_batches(loss, w, ((X, y) for _ in range(2)))

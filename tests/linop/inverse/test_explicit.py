@@ -31,10 +31,12 @@ def test_explicit_singular_and_indefinite():
     S = torch.diag(torch.tensor([1.0, 2.0, 0.0], dtype=D64))
     with pytest.raises(SingularOperatorError, match="lam"):
         DenseOperator(S).inverse("explicit") @ torch.ones(3, dtype=D64)
-    with pytest.raises(SingularOperatorError):
-        DenseOperator(
-            torch.ones(3, 3, dtype=D64) + torch.triu(torch.ones(3, 3, dtype=D64)) * 0
-        ).inverse("explicit") @ torch.ones(3, dtype=D64)
+    ones = DenseOperator(torch.ones(3, 3, dtype=D64))  # rank 1, range: the multiples of 1
+    with pytest.raises(SingularOperatorError, match="not in its range"):
+        ones.inverse("explicit") @ torch.tensor([1.0, 0.0, 0.0], dtype=D64)
+    with pytest.warns(NegativeCurvatureWarning, match="minimum-norm"):  # consistent: answered
+        x = ones.inverse("explicit") @ torch.ones(3, dtype=D64)
+    assert_close(x, torch.full((3,), 1 / 3, dtype=D64))
     indefinite = DenseOperator(torch.diag(torch.tensor([1.0, -2.0], dtype=D64)))
     with pytest.warns(NegativeCurvatureWarning, match="LU"):
         x = indefinite.inverse("explicit") @ torch.ones(2, dtype=D64)
@@ -103,3 +105,46 @@ def test_a_singular_matrix_is_refused_by_solve_too():
             torch.ones(2, dtype=D64),
             "explicit",
         )
+
+
+def _softmax_regression(n=60, d=4, c=3, seed=0):
+    """A softmax regression with an unpenalised bias: its Hessian has an exact null space."""
+    g = torch.Generator().manual_seed(seed)
+    X, y = torch.randn(n, d, dtype=D64, generator=g), torch.randint(0, c, (n,), generator=g)
+
+    def loss(theta, X, y):
+        W, b = theta[: d * c].reshape(d, c), theta[d * c :]
+        return torch.nn.functional.cross_entropy(X @ W + b, y)
+
+    theta = 0.1 * torch.randn(d * c + c, dtype=D64, generator=g)
+    return loss, theta, X, y
+
+
+def test_explicit_answers_singular_consistent_systems_with_the_minimum_norm_solution():
+    """Per-example gradients of a softmax model lie in the range of its singular Hessian: the
+    explicit method returns the minimum-norm solution (as dattri 0.2.0 answers them) with a
+    warning, and refuses a right-hand side outside the range."""
+    loss, theta, X, y = _softmax_regression()
+    H = HessianOperator(loss, (theta, X, y))
+    dense = torch.func.hessian(loss)(theta, X, y)
+    assert int(torch.linalg.matrix_rank(dense)) < dense.shape[0]  # singular indeed
+    G = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(
+        theta, X[:5].unsqueeze(1), y[:5].unsqueeze(1)
+    ).T  # 5 per-example gradients as columns
+    with pytest.warns(NegativeCurvatureWarning, match="minimum-norm"):
+        x = H.inverse("explicit") @ G
+    assert_close(x, torch.linalg.pinv(dense, hermitian=True) @ G, 1e-8)
+    b = torch.randn(theta.numel(), dtype=D64, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(SingularOperatorError, match="not in its range"):
+        H.inverse("explicit") @ b
+
+
+@pytest.mark.parametrize("dtype,condition", [(torch.bfloat16, 20.0), (torch.float16, 200.0)])
+def test_explicit_solves_well_conditioned_half_precision_matrices(dtype, condition):
+    d = torch.linspace(1.0, condition, 6, dtype=D64)
+    Q = torch.linalg.qr(torch.randn(6, 6, dtype=D64, generator=torch.Generator().manual_seed(0))).Q
+    A = DenseOperator(((Q * d) @ Q.T).to(dtype), Tags(psd=True))
+    b = torch.ones(6, dtype=dtype)
+    x = A.inverse("explicit") @ b  # no SingularOperatorError: condition 20 / 200 is regular
+    exact = torch.linalg.solve(A.to_dense().double(), b.double())
+    assert float((x.double() - exact).norm() / exact.norm()) < 0.1
