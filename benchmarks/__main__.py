@@ -2,8 +2,13 @@
 
 - ``cpu``: Hessian-vector products (:mod:`benchmarks.hvp`), inverse time-to-accuracy
   (:mod:`benchmarks.inverse`) and projection throughput (:mod:`benchmarks.projection`), each
-  against dattri 0.2.0 (and curvlinops for HVPs) in the same run.
-- ``gpu``: the same on CUDA (projection: the Triton kernel against plain torch).
+  against dattri 0.2.0 (and curvlinops for HVPs) in the same run; then attribution quality on
+  real data (:mod:`benchmarks.attribution`, about a minute): leave-one-out retraining on
+  sklearn's digits against the predictions of 11 inverse methods.
+- ``gpu``: the same on CUDA (projection: the Triton kernel against plain torch), without the
+  attribution benchmark (a float64 650-parameter model: a CPU job).
+
+``--only NAME`` (repeatable) runs just the named ones, e.g. ``--only attribution``.
 
 JSON lines go to ``benchmarks/out/``; ``--publish`` copies them to ``docs/benchmarks/`` and draws
 the plots there (:mod:`benchmarks.plots`).
@@ -14,7 +19,7 @@ from __future__ import annotations
 import argparse
 import shutil
 
-from benchmarks import hvp, inverse, plots, projection
+from benchmarks import attribution, hvp, inverse, plots, projection
 from benchmarks._harness import REPO_ROOT
 
 
@@ -24,19 +29,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=["run", "plot"])
     parser.add_argument("--suite", choices=["cpu", "gpu"], default="cpu")
-    parser.add_argument("--only", choices=["hvp", "inverse", "projection"], action="append")
+    parser.add_argument(
+        "--only", choices=["hvp", "inverse", "projection", "attribution"], action="append"
+    )
     parser.add_argument("--publish", action="store_true", help="copy results and plots to docs/")
     args = parser.parse_args(argv)
     device = "cpu" if args.suite == "cpu" else "cuda"
     out = REPO_ROOT / "benchmarks" / "out"
     if args.command == "run":
-        chosen = args.only or ["hvp", "inverse", "projection"]
+        default = ["hvp", "inverse", "projection"] + (["attribution"] if device == "cpu" else [])
+        chosen = args.only or default
+        if "attribution" in chosen and device != "cpu":
+            parser.error("attribution runs on the CPU only: use --suite cpu")
         if "hvp" in chosen:
             hvp.main(["--device", device])
         if "inverse" in chosen:
             inverse.main(["--device", device])
         if "projection" in chosen:
             projection.main(["--device", device])
+        if "attribution" in chosen:
+            attribution.main([])
     if args.publish or args.command == "plot":
         docs = REPO_ROOT / "docs" / "benchmarks"
         docs.mkdir(parents=True, exist_ok=True)

@@ -1,636 +1,149 @@
-"""Influence functions on real data: leave-one-out retraining vs inverse-Hessian predictions.
+"""Influence functions on real data: which training images helped or hurt a test prediction.
 
-The protocol of BENCHMARKS.md, "Attribution quality on real data":
+Trains a logistic regression on scikit-learn's bundled 8×8 digits (no download) and asks, for a
+few test images, which training images changed their loss most. The influence-function estimate
+of the change of a test image's loss when training image ``j`` is left out (and the model
+retrained) is
 
-* sklearn's bundled digits (no download), standardised; 1200 training / 200 test points drawn with
-  a fixed seed;
-* multinomial logistic regression (64×10 weights + 10 biases, one flat float64 vector of 650)
-  trained in float64 on ``mean cross-entropy + (λ/2)‖θ‖²``, ``λ = 1e-3`` (the bias is penalised
-  too; see ``_digits.py`` for why), to convergence (L-BFGS, then a Newton polish to ‖∇‖ ≈ 1e-16);
-* ground truth: retrain without each of 60 training points (warm-started from the full-data
-  optimum) and record every test point's loss change ``ℓ_test(θ₋ⱼ) − ℓ_test(θ)``;
-* prediction: ``g_testᵀ H⁻¹ g_j / n`` with ``H`` the Hessian of the full training objective at the
-  optimum (``linop.HessianOperator`` of the mean loss, plus ``λ I``) and ``g`` per-example loss
-  gradients (``torch.func``: vmap of grad). Sign: removing point ``j`` moves the optimum by
-  ``Δθ ≈ +H⁻¹ g_j / n``, so the test loss changes by ``≈ g_testᵀ H⁻¹ g_j / n``;
-* score: for each test point, the Spearman correlation across the removed points between the true
-  change and the prediction; the mean over test points is reported.
+    g_testᵀ (H + λI)⁻¹ g_j / n
 
-The retrained model minimises the mean over the n − 1 remaining points, so a Newton step from θ
-gives ``Δθ ≈ H⁻¹ (g_j + λθ) / (n − 1)``: besides the influence term there is a term common to every
-removed point (renormalising the data mean to n − 1 points weakens the penalty relative to the
-data). For a test point it shifts all true changes by the same ``s = g_testᵀ H⁻¹ λθ / (n − 1)``,
-which cannot change a Spearman correlation across removed points but dominates the smallest
-changes (measured on the default run: median |s| 4.6e-6, median |true change| 5.8e-6). The plot
-and the ``diagnostics`` of :func:`main` show the prediction both raw and plus ``s``; with ``s`` the
-median relative error falls from ≈ 1 to ≈ 1e-2 — a check of the sign convention and of the
-ground truth.
+with ``g`` per-example loss gradients, ``H`` the Hessian of the mean training loss at the trained
+parameters, ``λ`` the L2 weight of the training objective and ``n`` the number of training images.
+linop gives ``H`` as an operator that is never formed, ``H + λI`` as an operator that knows ``λ``,
+and its inverse by conjugate gradients, applied to all test gradients at once.
 
-Inverse methods live in :data:`METHODS`, a table of ``name -> f(problem) -> Estimate``: each gets
-the :class:`Problem` (the model at its optimum, the training data, the gradients of the removed
-and the test points) and returns the scores ``G_testᵀ A⁻¹ G_train`` with ``A`` the
-:class:`linop.RegularizedOperator` ``H_data + λ I`` — through a lazy ``A.inverse(method,
-**options)`` (explicit, CG, CG stopped at 10 iterations, CG deflated by Arnoldi, Arnoldi low-rank
-inverses with and without the complement ``(I − VVᵀ)/λ``, LiSSA on minibatches of a dataset
-operator), or through projected gradients (``ProjectionOperator.arnoldi``, a random projection of
-CG-solved gradients), or scipy's CG as an independent check. Every method builds its own ``A`` so
-that no method reuses eigenpairs another cached. The printed table gives, per method, the wall
-time (set-up included), the mean Spearman correlation, the operator products (columns counted;
-LiSSA's are minibatch products) and the relative distance of the scores to the explicit solve's;
-below it, each solve's :class:`linop.SolveInfo`. Add an entry to compare another method.
-
-``--model mlp`` attributes a 64-32-10 tanh MLP instead (2410 parameters, ``λ = 1e-2``: its data
-Hessian is indefinite and ``λ = 1e-3`` leaves ``A`` too ill-conditioned; see ``_digits.MLP``),
-with the same protocol; its leave-one-out retraining uses Newton steps preconditioned by the
-full-data Hessian's Cholesky factor (``_digits.Model.retrain``). It runs in about 100 s
-without its slow methods (:data:`MLP_SKIPPED`).
-
-Run ``python examples/influence_digits.py`` (about a minute on 2 CPU cores, most of it LiSSA;
-``--help`` for options), or call :func:`main` with a list of arguments; it returns the results as
-a dict.
+Run ``python examples/influence_digits.py`` (about 10 s on 2 CPU cores). How well such estimates
+rank training points against leave-one-out retraining, with 11 inverse methods, is a benchmark:
+``python -m benchmarks.attribution``.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-import scipy.sparse.linalg as spla
-import scipy.stats
 import torch
-from tqdm.auto import tqdm
+from sklearn.datasets import load_digits
+from torch.func import grad, vmap
 
-_HERE = Path(__file__).resolve().parent
-for _p in (_HERE, _HERE.parent):  # _digits next to this file; linop from the checkout if needed
-    if str(_p) not in sys.path:
-        sys.path.insert(0 if _p == _HERE else len(sys.path), str(_p))
+from linop import HessianOperator, IdentityOperator
 
-import warnings  # noqa: E402
-from dataclasses import dataclass, replace  # noqa: E402
+LAM = 1e-3  # the training objective: mean cross-entropy + (λ/2)‖θ‖²
+NUM_TRAIN = 1500  # of the 1797 digits; the other 297 are test images
 
-from _digits import (  # noqa: E402
-    LOGISTIC,
-    MODELS,
-    Model,
-    limit_threads,
-    load_split,
-)
 
-from linop import (  # noqa: E402
-    ConvergenceWarning,
-    HessianOperator,
-    IdentityOperator,
-    ProjectionOperator,
-    RegularizedOperator,
-    SolveInfo,
-)
+def loss(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of a logistic regression; ``theta``: 64×10 weights, then 10 biases."""
+    return torch.nn.functional.cross_entropy(X @ theta[:640].view(64, 10) + theta[640:], y)
 
-# ---------------------------------------------------------------------------------------------
-# Inverse methods. Each takes the problem and returns the scores g_testᵀ A⁻¹ g_train for every
-# (test point, removed point) pair, with A = H_data + λI the Hessian of the training objective.
 
+def train(X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Minimise the training objective from ``theta`` with L-BFGS, to ‖∇‖ ≈ 1e-9."""
+    theta = theta.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [theta], max_iter=2000, tolerance_grad=1e-10, tolerance_change=0.0, history_size=20,
+        line_search_fn="strong_wolfe",
+    )  # fmt: skip
 
-@dataclass
-class Problem:
-    """What an inverse method may use: the model at its optimum and the gradients.
+    def objective() -> torch.Tensor:
+        opt.zero_grad()
+        value = loss(theta, X, y) + 0.5 * LAM * theta.dot(theta)
+        value.backward()
+        return value
 
-    ``G_train`` ``(p, R)``: per-example loss gradients of the removed points, as columns;
-    ``G_test`` ``(p, T)``: those of the test points.
-    """
+    opt.step(objective)
+    return theta.detach()
 
-    model: Model
-    theta: torch.Tensor
-    X: torch.Tensor
-    y: torch.Tensor
-    G_train: torch.Tensor
-    G_test: torch.Tensor
 
-    def operator(self) -> RegularizedOperator:
-        """A fresh ``A = H_data + λI`` (full-batch HVPs, never formed). Fresh for every method,
-        so no method profits from eigenpairs another one cached on its operator."""
-        return self.model.regularized_hessian(self.theta, self.X, self.y)
+def picture(x: torch.Tensor) -> list[str]:
+    """An 8×8 digit (pixels in [0, 1]) as 8 lines of text, denser characters for darker pixels."""
+    return ["".join(" .:-=+*#%@"[int(v * 9.99)] for v in row) for row in x.view(8, 8)]
 
-    def dataset_operator(self, batch_size: int) -> RegularizedOperator:
-        """``A`` over the training set as a dataset, ``HessianOperator.from_data`` (batches of
-        ``batch_size``) plus ``λI``: the form whose random minibatches LiSSA draws."""
-        H = HessianOperator.from_data(
-            self.model.mean_loss,
-            self.theta,
-            (self.X, self.y),
-            batch_size=batch_size,
-            psd=self.model.convex,
-        )
-        return H + self.model.lam * IdentityOperator.like(H)
 
-
-@dataclass
-class Estimate:
-    """A method's answer: ``scores`` ``(T, R)`` ≈ ``G_testᵀ A⁻¹ G_train``, the
-    :class:`linop.SolveInfo` of its solve (None for the non-solver rows), the operator products
-    it made where known (columns counted, set-up included), and a note for the printout."""
-
-    scores: torch.Tensor
-    info: SolveInfo | None = None
-    products: int | None = None
-    note: str = ""
-
-
-def _apply(inv: Any, p: Problem, note: str = "") -> Estimate:
-    """Score through a lazy inverse: ``G_testᵀ (inv @ G_train)``, all columns at once."""
-    solved = inv @ p.G_train
-    info = inv.info
-    return Estimate(p.G_test.T @ solved, info, info.hvps, note)
-
-
-def explicit(p: Problem) -> Estimate:
-    """linop's ``A.inverse("explicit")``: materialise (p batched HVPs), Cholesky, substitute."""
-    return _apply(p.operator().inverse("explicit"), p)
-
-
-def cg(p: Problem) -> Estimate:
-    """linop's batched CG, every column to ``‖r‖ ≤ 1e-8 ‖b‖``."""
-    return _apply(p.operator().inverse("cg", rtol=1e-8), p)
-
-
-def cg_10(p: Problem) -> Estimate:
-    """CG stopped after 10 iterations (dattri's "CG 10 iterations"); the ConvergenceWarning it
-    raises is expected and silenced here."""
-    inv = p.operator().inverse("cg", rtol=1e-8, maxiter=10)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return _apply(inv, p, "stopped at maxiter=10 by design")
-
-
-#: Eigenpairs deflated by the preconditioned CG row.
-DEFLATION_RANK = 20
-
-
-def cg_deflated(p: Problem) -> Estimate:
-    """CG to 1e-8 preconditioned by deflation of the top :data:`DEFLATION_RANK` eigenpairs
-    (Lanczos; its products are counted in the set-up)."""
-    inv = p.operator().inverse("cg", rtol=1e-8, preconditioner="arnoldi", rank=DEFLATION_RANK)
-    return _apply(inv, p, f"rank {DEFLATION_RANK} deflation")
-
-
-#: The Arnoldi rows: dattri's setting, top 50 eigenpairs from 100 Lanczos steps.
-ARNOLDI_RANK, ARNOLDI_STEPS = 50, 100
-
-
-def arnoldi(p: Problem) -> Estimate:
-    """``V (Λ + λ)⁻¹ Vᵀ`` on the top 50 eigenpairs: it drops every direction outside them,
-    where ``A⁻¹`` is largest, hence its poor score (dattri: 0.134)."""
-    inv = p.operator().inverse("arnoldi", rank=ARNOLDI_RANK, maxiter=ARNOLDI_STEPS)
-    return _apply(inv, p, f"top {ARNOLDI_RANK} of {ARNOLDI_STEPS} Lanczos steps")
-
-
-def arnoldi_complement(p: Problem) -> Estimate:
-    """The same eigenpairs plus ``(I − VVᵀ)/λ``: the unresolved directions are treated as if
-    their eigenvalue of ``H`` were zero, which is where most of them nearly are."""
-    inv = p.operator().inverse("arnoldi", rank=ARNOLDI_RANK, maxiter=ARNOLDI_STEPS, complement=True)
-    return _apply(inv, p, f"top {ARNOLDI_RANK} of {ARNOLDI_STEPS} + (I − VVᵀ)/λ")
-
-
-#: The larger low-rank row: rank and Lanczos steps.
-ARNOLDI_LARGE_RANK, ARNOLDI_LARGE_STEPS = 300, 450
-
-
-def arnoldi_large_complement(p: Problem) -> Estimate:
-    """Top 300 eigenpairs (450 Lanczos steps) plus ``(I − VVᵀ)/λ``. This Hessian is far from low
-    rank: on the default run 316 of the 650 eigenvalues of ``A`` exceed 1.5 λ and 595 exceed
-    λ (the other 55 are exactly λ: the softmax null space), so the unresolved part is treated
-    correctly only once the rank reaches about half of ``p``. Measured there with exact
-    eigenpairs: top 200 + complement 0.74, top 300 0.92, top 400 0.99."""
-    inv = p.operator().inverse(
-        "arnoldi", rank=ARNOLDI_LARGE_RANK, maxiter=ARNOLDI_LARGE_STEPS, complement=True
-    )
-    return _apply(inv, p, f"top {ARNOLDI_LARGE_RANK} of {ARNOLDI_LARGE_STEPS} + (I − VVᵀ)/λ")
-
-
-#: LiSSA's settings (see :func:`lissa`): minibatches of half the training set, 1000 steps, two
-#: runs averaged, scale 1.5 λ_max(A).
-LISSA = dict(batch_fraction=0.5, depth=1000, repeats=2, margin=1.5)
-
-
-def lissa(p: Problem) -> Estimate:
-    """LiSSA on the dataset operator ``HessianOperator.from_data(...) + λI``: ``depth`` steps of
-    ``h ← b + h − (A_t h)/s`` with ``A_t`` the Hessian at a random minibatch, ``repeats`` runs
-    averaged, the scale ``s`` = ``margin`` × ``λ_max(A)`` from ``A.eigh(1)`` (21 Lanczos
-    products, not counted in the table).
-
-    Why these numbers (measured on the default run, 1200 points, 60 right-hand sides, 1
-    thread): the truncation error on the smallest eigenvalue ``λ`` of ``A`` is
-    ``(1 − λ/s)^depth`` ≈ e^{-4.7} ≈ 1e-2 at depth 1000 (``s`` ≈ 0.21); the minibatch noise
-    dominates — the relative error of the solves was 12-16 % with one run on minibatches of 200
-    (Spearman 0.90-0.93), 5.2 % on minibatches of 600 (0.980) and 3.3 % with two such runs
-    (0.987, about 35 s). Sampling half the data without replacement cuts the variance of ``A_t``
-    by the finite-population factor ``1 − b/n``. The top eigenvalue of a minibatch Hessian
-    reached 1.5× the full one at 200 examples and 2.3-3.4× at 100 (five draws each), hence
-    ``margin`` 1.5 with batches of at least 200; the linop docs require ``s > λ_max``.
-    """
-    c = LISSA
-    n = p.X.shape[0]
-    batch = max(1, int(c["batch_fraction"] * n))
-    top = float(p.operator().eigh(1).values[0])
-    scale = c["margin"] * top
-    inv = p.dataset_operator(batch).inverse(
-        "lissa", depth=c["depth"], repeats=c["repeats"], batch_size=batch, scale=scale, seed=0
-    )
-    note = (
-        f"minibatch {batch} of {n}, depth {c['depth']}, {c['repeats']} runs, scale "
-        f"{scale:.3g} = {c['margin']:g} × λ_max(A) {top:.3g} from A.eigh(1); products are "
-        f"minibatch HVPs"
-    )
-    return _apply(inv, p, note)
-
-
-def arnoldi_projection(p: Problem) -> Estimate:
-    """``P = ProjectionOperator.arnoldi(A, 50)`` = ``(Λ + λ)^{-1/2} Vᵀ``: scores are inner
-    products of 50-dimensional projected gradients, ``(P g_test)ᵀ (P g_train)`` — what one would
-    store per example. Mathematically the "arnoldi" row (no complement)."""
-    P = ProjectionOperator.arnoldi(p.operator(), ARNOLDI_RANK, maxiter=ARNOLDI_STEPS)
-    Z_train, Z_test = P @ p.G_train, P @ p.G_test  # (k, R), (k, T)
-    return Estimate(
-        Z_test.T @ Z_train,
-        products=ARNOLDI_STEPS,
-        note=f"k = {ARNOLDI_RANK}; products: the {ARNOLDI_STEPS} Lanczos steps",
-    )
-
-
-#: Output dimension of the random projection row.
-RANDOM_PROJECTION_DIM = 256
-
-
-def random_projection_cg(p: Problem) -> Estimate:
-    """Preconditioned train gradients ``A⁻¹ g_train`` (CG to 1e-8), then a seeded Rademacher JL
-    projection ``R`` (k × p, entries ±1/√k) of both sides: ``(R g_test)ᵀ (R A⁻¹ g_train)``, the
-    storage scheme of TRAK-like pipelines. Inner products are preserved in expectation, with an
-    error ≈ ‖g_test‖ ‖A⁻¹ g_train‖ / √k."""
-    inv = p.operator().inverse("cg", rtol=1e-8)
-    solved = inv @ p.G_train
-    R = ProjectionOperator.random(
-        p.G_train.shape[0], RANDOM_PROJECTION_DIM, dtype=p.G_train.dtype, seed=0
-    )
-    scores = (R @ p.G_test).T @ (R @ solved)
-    return Estimate(scores, inv.info, inv.info.hvps, f"k = {RANDOM_PROJECTION_DIM}, rademacher")
-
-
-def solve_cg_scipy(p: Problem, rtol: float = 1e-10) -> Estimate:
-    """scipy's conjugate gradients on ``A.to_scipy()``, one column at a time, to ``rtol``: an
-    implementation independent of linop's solvers."""
-    A = p.operator()
-    op = A.to_scipy()
-    G = p.G_train
-    out = np.empty(tuple(G.shape))
-    iters = []
-    for k in tqdm(range(G.shape[1]), desc="cg (scipy) columns", leave=False):
-        count = [0]
-        x, info = spla.cg(
-            op,
-            G[:, k].numpy(),
-            rtol=rtol,
-            atol=0.0,
-            maxiter=20 * A.shape[0],
-            callback=lambda _, count=count: count.__setitem__(0, count[0] + 1),
-        )
-        if info != 0:
-            raise RuntimeError(f"scipy cg did not converge on column {k} (info={info})")
-        out[:, k] = x
-        iters.append(count[0])
-    solved = torch.from_numpy(out).to(G.dtype)
-    return Estimate(p.G_test.T @ solved, note=f"rtol 1e-10, max iterations {max(iters)}")
-
-
-InverseMethod = Callable[[Problem], Estimate]
-
-#: name -> method; the table printed by :func:`main` has one row per entry, in this order.
-METHODS: dict[str, InverseMethod] = {
-    "explicit": explicit,
-    "cg": cg,
-    "cg 10 iterations": cg_10,
-    "cg + arnoldi deflation": cg_deflated,
-    "arnoldi": arnoldi,
-    "arnoldi + complement": arnoldi_complement,
-    "arnoldi 300 + complement": arnoldi_large_complement,
-    "lissa": lissa,
-    "arnoldi projection": arnoldi_projection,
-    "random projection of cg": random_projection_cg,
-    "cg (scipy)": solve_cg_scipy,
-}
-
-#: Methods left out by default with ``--model mlp`` (ask for them with ``--methods``): on its
-#: ill-conditioned A (condition number 1.6e3, 2410 parameters) they took, measured on the default
-#: run, LiSSA 108 s (Spearman 0.955), the random projection 27 s (0.217: its CG solve again)
-#: and scipy's CG 32 s, against 4.6 s for the explicit solve.
-MLP_SKIPPED = ("lissa", "random projection of cg", "cg (scipy)")
-
-# ---------------------------------------------------------------------------------------------
-
-DEFAULTS = dict(num_train=1200, num_test=200, num_removed=60)
-QUICK = dict(num_train=300, num_test=50, num_removed=20)
-LAMBDA = LOGISTIC.lam
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Leave-one-out retraining vs influence-function predictions on sklearn digits."
-    )
-    p.add_argument(
-        "--num-removed",
-        type=int,
-        default=None,
-        help=f"training points to retrain without (default {DEFAULTS['num_removed']}; "
-        f"{QUICK['num_removed']} with --quick)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and the removed points")
-    p.add_argument(
-        "--model",
-        choices=list(MODELS),
-        default="logistic",
-        help="logistic: multinomial logistic regression, λ = 1e-3 (the protocol's model; "
-        "default); mlp: a 64-32-10 tanh MLP, λ = 1e-2 (see _digits.MLP)",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"a tiny configuration for tests: {QUICK['num_train']} training / "
-        f"{QUICK['num_test']} test points, {QUICK['num_removed']} removed",
-    )
-    p.add_argument(
-        "--methods",
-        default=None,
-        help=f"comma-separated inverse methods to compare (default: all of {', '.join(METHODS)}; "
-        f"with --model mlp all but {', '.join(MLP_SKIPPED)})",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch and BLAS threads (default 1: the problem is too small to gain from more; "
-        "see _digits.limit_threads)",
-    )
-    p.add_argument("--plot", default="influence_digits.png", help="where to write the plot")
-    p.add_argument("--no-plot", action="store_true", help="do not write a plot")
-    args = p.parse_args(argv)
-    config = QUICK if args.quick else DEFAULTS
-    args.num_train, args.num_test = config["num_train"], config["num_test"]
-    if args.num_removed is None:
-        args.num_removed = config["num_removed"]
-    if args.threads < 1:
-        p.error("--threads must be positive")
-    if not 2 <= args.num_removed <= args.num_train:
-        p.error(f"--num-removed must be between 2 and {args.num_train}")
-    if args.methods is None:
-        skipped = MLP_SKIPPED if args.model == "mlp" else ()
-        args.methods = ",".join(m for m in METHODS if m not in skipped)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not args.methods:
-        p.error("--methods names no method")
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown:
-        p.error(f"unknown method(s) {unknown}; known: {list(METHODS)}")
-    return args
-
-
-def spearman_per_row(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each row of ``actual`` with the same row of ``predicted``."""
-    return np.array(
-        [scipy.stats.spearmanr(a, p).statistic for a, p in zip(actual, predicted, strict=True)]
-    )
-
-
-def leave_one_out(
-    model: Model, split: Any, theta: torch.Tensor, removed: np.ndarray
-) -> tuple[np.ndarray, dict[str, float]]:
-    """True test-loss changes ``(num_test, num_removed)`` from warm-started retraining."""
-    X, y = split.X_train, split.y_train
-    base = model.example_losses(theta, split.X_test, split.y_test)
-    factor = None
-    if not model.convex:  # the MLP's retraining steps with the full-data Hessian, factorised once
-        dense = model.regularized_hessian(theta, X, y).to_dense()
-        factor = torch.linalg.cholesky((dense + dense.T) / 2)
-    changes = np.empty((split.X_test.shape[0], len(removed)))
-    worst, iters, steps = 0.0, [], []
-    for k, j in enumerate(tqdm(removed, desc="retraining without each point")):
-        keep = torch.ones(X.shape[0], dtype=torch.bool)
-        keep[int(j)] = False
-        theta_j, info = model.retrain(X[keep], y[keep], theta, factor)
-        changes[:, k] = (model.example_losses(theta_j, split.X_test, split.y_test) - base).numpy()
-        worst = max(worst, info.grad_norm)
-        iters.append(info.lbfgs_iterations)
-        steps.append(info.newton_steps)
-    return changes, {
-        "max_grad_norm": worst,
-        "mean_lbfgs_iterations": float(np.mean(iters)),
-        "mean_newton_steps": float(np.mean(steps)),
-    }
-
-
-def write_plot(
-    path: str,
-    actual: np.ndarray,
-    predicted: np.ndarray,
-    shift: np.ndarray,
-    rho: np.ndarray,
-    method: str,
-) -> None:
-    """Three panels: pooled raw predictions, pooled predictions plus the per-test-point common
-    shift ``s``, and the test point with the median Spearman correlation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def diagonal(ax: Any, a: np.ndarray, p: np.ndarray) -> None:
-        lo, hi = min(a.min(), p.min()), max(a.max(), p.max())
-        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
-        ax.legend(loc="upper left")
-
-    T, R = actual.shape
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
-    panels = [
-        (predicted, f"{method}: g_testᵀ H⁻¹ g_j / n"),
-        (predicted + shift[:, None], f"{method} + common shift s (n−1 renormalisation)"),
-    ]
-    for ax, (p, label) in zip(axes[:2], panels, strict=True):
-        ax.scatter(actual.ravel(), p.ravel(), s=3, alpha=0.3)
-        diagonal(ax, actual, p)
-        ax.set_xscale("symlog", linthresh=1e-5)
-        ax.set_yscale("symlog", linthresh=1e-5)
-        ax.set_xlabel("actual test-loss change (leave-one-out retraining)")
-        ax.set_ylabel("predicted change")
-        ax.set_title(f"{label}\nall {T} test × {R} removed points", fontsize=10)
-
-    t = int(np.argsort(rho)[T // 2])  # the test point with the median Spearman correlation
-    ax = axes[2]
-    ax.scatter(actual[t], predicted[t], s=14, label="raw")
-    ax.scatter(actual[t], predicted[t] + shift[t], s=14, marker="x", label="+ s")
-    diagonal(ax, actual[t], predicted[t])
-    ax.set_xlabel("actual test-loss change")
-    ax.set_ylabel("predicted change")
-    ax.set_title(f"test point {t} (median Spearman {rho[t]:.3f}), {R} removed points", fontsize=10)
-    fig.suptitle(f"Influence on sklearn digits: mean Spearman {np.mean(rho):.4f} ({method})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the experiment; print the table and return the results.
-
-    Returns a dict with ``config``, ``train`` (full-data fit), ``retrain`` (seconds and
-    convergence), ``actual`` (true changes, ``(num_test, num_removed)``), ``methods`` (per method:
-    ``seconds``, ``mean_spearman``, ``spearman`` per test point, ``predicted``, ``info`` (the
-    :class:`linop.SolveInfo`, or None), ``products``, ``note`` and ``rel_error`` (relative
-    Frobenius distance of ``predicted`` to the explicit method's, None without it)), ``table``
-    (rows ``(method, seconds, mean_spearman)``), ``diagnostics`` (for the first method: pooled
-    Pearson correlation, median relative errors raw and with the common shift ``s``), ``plot``
-    (the path written, or None) and ``seconds`` (the whole run).
-    """
-    args = parse_args(argv)
-    with limit_threads(args.threads):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> dict[str, Any]:
+def main() -> None:
     t_start = time.perf_counter()
-    model = MODELS[args.model]
-    split = load_split(args.num_train, args.num_test, args.seed)
-    n = split.X_train.shape[0]
-    removed = np.sort(
-        np.random.default_rng(args.seed + 1).choice(n, size=args.num_removed, replace=False)
-    )
+    torch.set_num_threads(1)  # a model this small runs fastest on one thread
+    images, labels = load_digits(return_X_y=True)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    X_all, y_all = torch.tensor(images / 16.0)[order], torch.tensor(labels)[order]  # float64
+    X, y = X_all[:NUM_TRAIN], y_all[:NUM_TRAIN]
+    X_test, y_test = X_all[NUM_TRAIN:], y_all[NUM_TRAIN:]
+    n = len(X)
 
-    theta, info = model.train(split.X_train, split.y_train, seed=args.seed)
-    accuracy = float(model.logits(theta, split.X_test).argmax(1).eq(split.y_test).double().mean())
+    # 1. Train, in float64: the estimate assumes the gradient of the objective is zero.
+    theta = train(X, y, torch.zeros(650, dtype=torch.float64))
+    logits = X_test @ theta[:640].view(64, 10) + theta[640:]
+    test_loss = torch.nn.functional.cross_entropy(logits, y_test, reduction="none")
+    predicted = logits.argmax(1)
     print(
-        f"digits, {model.name} ({model.num_params} parameters, λ = {model.lam:g}): {n} train / "
-        f"{split.X_test.shape[0]} test, {args.num_removed} removed, seed {args.seed}; full fit "
-        f"in {info.seconds:.1f} s ({info.lbfgs_iterations} L-BFGS iterations + "
-        f"{info.newton_steps} Newton, ‖∇‖ = {info.grad_norm:.1e}), test accuracy {accuracy:.3f}"
+        f"Logistic regression on scikit-learn's digits (8×8 images, 10 classes): {n} training "
+        f"and {len(X_test)} test images,\n650 parameters, λ = {LAM:g}; test accuracy "
+        f"{float((predicted == y_test).double().mean()):.1%}."
     )
 
-    t0 = time.perf_counter()
-    actual, retrain_info = leave_one_out(model, split, theta, removed)
-    retrain_seconds = time.perf_counter() - t0
+    # 2. The Hessian of the training objective, H + λI: an operator, never a 650×650 matrix.
+    #    from_data streams the training set in batches of 500 for every Hessian-vector product.
+    H = HessianOperator.from_data(loss, theta, (X, y), batch_size=500, psd=True)
+    A = H + LAM * IdentityOperator.like(H)
 
-    problem = Problem(
-        model,
-        theta,
-        split.X_train,
-        split.y_train,
-        G_train=model.example_grads(theta, split.X_train[removed], split.y_train[removed]),
-        G_test=model.example_grads(theta, split.X_test, split.y_test),
+    # 3. Per-example loss gradients (torch.func), as columns: (650, n) for the training images,
+    #    (650, 3) for the test images shown: the first two and the one with the highest loss.
+    shown = [0, 1, int(test_loss.argmax())]
+    per_example = vmap(grad(lambda th, x, t: loss(th, x[None], t[None])), in_dims=(None, 0, 0))
+    G_train = per_example(theta, X, y).T
+    G_test = per_example(theta, X_test[shown], y_test[shown]).T
+
+    # 4. One lazy inverse, (H + λI)⁻¹ by conjugate gradients, applied to the three test gradients
+    #    at once; then every (test, training image) score in one matrix product.
+    inverse = A.inverse("cg", rtol=1e-8)
+    scores = (inverse @ G_test).T @ G_train / n  # (3, n)
+    info = inverse.info
+    print(
+        f"(H + λI)⁻¹ g_test by conjugate gradients for {len(shown)} test images: "
+        f"{int(info.converged.sum())} of {len(shown)} converged,\nat most "
+        f"{int(info.iterations.max())} iterations, {info.hvps} Hessian-vector products."
+    )
+    print(
+        "\nHow to read this: the influence of training image j on test image t is the predicted "
+        "change of t's\nloss (cross-entropy) if j were left out of training. Positive (+): j "
+        "helped, t's loss would rise\nwithout it. Negative (−): j hurt, t's loss would fall "
+        "without it. The estimate is first order in j's\nweight 1/n; each check below retrains "
+        "without the most helpful image and compares."
     )
 
-    results: dict[str, dict[str, Any]] = {}
-    for name in tqdm(args.methods, desc="inverse methods", leave=False):
-        t0 = time.perf_counter()
-        est = METHODS[name](problem)
-        seconds = time.perf_counter() - t0
-        predicted = est.scores.numpy() / n  # (T, R)
-        rho = spearman_per_row(actual, predicted)
-        results[name] = {
-            "seconds": seconds,
-            "mean_spearman": float(np.mean(rho)),
-            "spearman": rho,
-            "predicted": predicted,
-            "info": est.info,
-            "products": est.products,
-            "note": est.note,
-        }
-    reference = results.get("explicit", {}).get("predicted")
-    for r in results.values():  # relative Frobenius distance to the dense solve's predictions
-        r["rel_error"] = (
-            None
-            if reference is None
-            else float(np.linalg.norm(r["predicted"] - reference) / np.linalg.norm(reference))
+    for row, t in enumerate(shown):
+        ranked = scores[row].argsort(descending=True).tolist()
+        helpful, harmful = ranked[:3], ranked[-1:-4:-1]
+        verdict = "right" if predicted[t] == y_test[t] else "wrong"
+        print(
+            f"\ntest #{t}: a {int(y_test[t])}, predicted {int(predicted[t])} ({verdict}), "
+            f"loss {float(test_loss[t]):.3g}"
+        )
+        for name, js in (("most helpful", helpful), ("most harmful", harmful)):
+            items = ", ".join(f"#{j} (a {int(y[j])}) {float(scores[row, j]):+.2e}" for j in js)
+            print(f"  {name}: {items}")
+        columns = [(f"test #{t}", X_test[t])]
+        columns += [(f"+ #{j}", X[j]) for j in helpful] + [(f"− #{j}", X[j]) for j in harmful]
+        print("  " + "  ".join(f"{c:<9}" for c, _ in columns))
+        for lines in zip(*(picture(x) for _, x in columns), strict=True):
+            print("  " + "  ".join(f"{line:<9}" for line in lines))
+
+        # 5. The check: retrain without the most helpful image, starting from the trained model.
+        j = helpful[0]
+        keep = torch.arange(n) != j
+        theta_j = train(X[keep], y[keep], theta)
+        x_t, y_t = X_test[t : t + 1], y_test[t : t + 1]
+        actual = float(loss(theta_j, x_t, y_t) - loss(theta, x_t, y_t))
+        print(
+            f"  check: retrained without #{j}, test #{t}'s loss changes by {actual:+.2e} "
+            f"(predicted {float(scores[row, j]):+.2e})"
         )
 
-    # The term common to all removed points (see the module docstring), for the diagnostics:
-    # the first method applied to the single right-hand side λθ.
-    first = args.methods[0]
-    s_scores = METHODS[first](replace(problem, G_train=(model.lam * theta)[:, None])).scores
-    shift = s_scores[:, 0].numpy() / (n - 1)
-    pred = results[first]["predicted"]
-    rel = lambda p: float(np.median(np.abs(actual - p) / np.abs(actual)))  # noqa: E731
-    diagnostics = {
-        "method": first,
-        "shift": shift,
-        "pearson_pooled": float(np.corrcoef(actual.ravel(), pred.ravel())[0, 1]),
-        "median_rel_error": rel(pred),
-        "median_rel_error_with_shift": rel(pred + shift[:, None]),
-    }
-
-    table = [(m, r["seconds"], r["mean_spearman"]) for m, r in results.items()]
     print(
-        f"\nleave-one-out retraining: {retrain_seconds:.1f} s "
-        f"(max final ‖∇‖ {retrain_info['max_grad_norm']:.1e})"
+        f"\nDone in {time.perf_counter() - t_start:.1f} s. How well these estimates rank training "
+        "images, against\nleave-one-out retraining, for 11 inverse methods: "
+        "python -m benchmarks.attribution"
     )
-    print(format_table(results))
-    details = [(m, r) for m, r in results.items() if r["info"] is not None or r["note"]]
-    if details:
-        print("\nsolver details (linop SolveInfo; products count columns, set-up included):")
-        for m, r in details:
-            line = str(r["info"]) if r["info"] is not None else ""
-            print(f"  {m}: " + "; ".join(x for x in (line, r["note"]) if x))
-
-    print(
-        f"\n{first}: pooled Pearson {diagnostics['pearson_pooled']:.4f}; median relative error "
-        f"{diagnostics['median_rel_error']:.3f} raw, "
-        f"{diagnostics['median_rel_error_with_shift']:.4f} with the common shift"
-    )
-
-    plot = None
-    if not args.no_plot:
-        write_plot(args.plot, actual, pred, shift, results[first]["spearman"], first)
-        plot = args.plot
-        print(f"plot: {plot}")
-    total = time.perf_counter() - t_start
-    print(f"total: {total:.1f} s")
-
-    return {
-        "config": {
-            "model": model.name,
-            "num_train": n,
-            "num_test": int(split.X_test.shape[0]),
-            "num_removed": args.num_removed,
-            "seed": args.seed,
-            "lambda": model.lam,
-            "removed": removed,
-        },
-        "train": {"seconds": info.seconds, "grad_norm": info.grad_norm, "test_accuracy": accuracy},
-        "retrain": {"seconds": retrain_seconds, **retrain_info},
-        "actual": actual,
-        "methods": results,
-        "table": table,
-        "diagnostics": diagnostics,
-        "plot": plot,
-        "seconds": total,
-    }
-
-
-def format_table(results: dict[str, dict[str, Any]]) -> str:
-    """The printed table: seconds, mean Spearman, operator products (columns counted, set-up
-    included; "-" where not counted), and the relative distance of the predictions to the
-    explicit solve's (‖P − P_explicit‖_F / ‖P_explicit‖_F)."""
-    width = max(len("method"), *(len(m) for m in results))
-    lines = [
-        f"{'method':<{width}}  {'seconds':>8}  {'mean Spearman':>13}  {'products':>8}  "
-        f"{'vs explicit':>11}"
-    ]
-    for m, r in results.items():
-        prod = "-" if r["products"] is None else str(r["products"])
-        err = "-" if r["rel_error"] is None else f"{r['rel_error']:.1e}"
-        lines.append(
-            f"{m:<{width}}  {r['seconds']:8.2f}  {r['mean_spearman']:13.4f}  {prod:>8}  {err:>11}"
-        )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

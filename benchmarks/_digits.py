@@ -1,4 +1,4 @@
-"""Data, models and training for the digits influence example (see ``influence_digits.py``).
+"""Data, models and training for the attribution benchmark (:mod:`benchmarks.attribution`).
 
 Model (the default, :data:`LOGISTIC`; the optional MLP is :data:`MLP`, at the end): multinomial
 logistic regression on sklearn's bundled 8×8 digits, a flat float64 parameter
@@ -252,7 +252,7 @@ def regularized_hessian(
 
 
 # ---------------------------------------------------------------------------------------------
-# The models the example can attribute: the default logistic regression above, and a small MLP.
+# The models the benchmark can attribute: the default logistic regression above, and a small MLP.
 
 MLP_HIDDEN = 32
 #: 64×32 + 32 + 32×10 + 10 entries: W1 (row-major), b1, W2 (row-major), b2.

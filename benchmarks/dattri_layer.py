@@ -1,0 +1,189 @@
+"""The dattri compatibility layer on small models with many right-hand sides, side by side with
+dattri 0.2.0 itself.
+
+Problem: sklearn's bundled digits (1200 training / 200 test points, standardised), a multinomial
+logistic regression ``nn.Linear(64, 10)`` (650 parameters, float32, dattri's default dtype)
+trained to convergence. Each side runs in its own subprocess, one after the other, with the same
+script:
+
+- ``reference``: dattri 0.2.0 as published;
+- ``ours``: dattri 0.2.0's package with its ``dattri.func`` (hessian, projection, utils) replaced
+  by this repository's — so ``dattri.algorithm`` (the attributors) runs unchanged on linop.
+
+Measured (median of ``--reps`` calls after a warm-up): ``ihvp_at_x_cg(..., max_iter=100)`` and
+``ihvp_at_x_explicit`` on 200 test gradients at once, and ``IFAttributorExplicit`` /
+``IFAttributorCG`` (``cache`` then ``attribute`` of 1200 × 200 scores), with 1 and 2 torch
+threads, on an idle machine and with another process busy on one core. The answers of both sides
+are compared (relative difference of the IHVPs).
+
+Run ``python -m benchmarks.dattri_layer`` (about 3 minutes); JSON lines go to
+``benchmarks/out/dattri_layer_cpu.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks._harness import DATTRI_REF, REPO_ROOT, ensure_reference, write_jsonl
+
+# The script each side runs: it prints one JSON object of timings and answers.
+SCRIPT = r"""
+import json, statistics, sys, time, warnings
+import numpy as np, torch
+from sklearn.datasets import load_digits
+from torch.utils.data import DataLoader, TensorDataset
+import dattri
+from dattri.func.hessian import ihvp_at_x_cg, ihvp_at_x_explicit
+from dattri.algorithm.influence_function import IFAttributorCG, IFAttributorExplicit
+from dattri.task import AttributionTask
+
+warnings.simplefilter("ignore")
+threads, reps = int(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+X, y = load_digits(return_X_y=True)
+X = (X - X.mean(0)) / (X.std(0) + 1e-8)
+perm = np.random.default_rng(0).permutation(len(X))
+Xtr, ytr = torch.tensor(X[perm[:1200]], dtype=torch.float32), torch.tensor(y[perm[:1200]])
+Xte, yte = torch.tensor(X[perm[1200:1400]], dtype=torch.float32), torch.tensor(y[perm[1200:1400]])
+model = torch.nn.Linear(64, 10)
+opt = torch.optim.LBFGS(model.parameters(), max_iter=500, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+lam = 1e-3
+def objective():
+    opt.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(Xtr), ytr) + lam / 2 * sum((p ** 2).sum() for p in model.parameters())
+    loss.backward()
+    return loss
+opt.step(objective)
+theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+def loss_flat(t):
+    W, b = t[:640].reshape(10, 64), t[640:]
+    return torch.nn.functional.cross_entropy(Xtr @ W.T + b, ytr)
+
+def per_example(t, x, yy):
+    W, b = t[:640].reshape(10, 64), t[640:]
+    return torch.nn.functional.cross_entropy((x @ W.T + b).unsqueeze(0), yy.unsqueeze(0))
+
+G = torch.func.vmap(torch.func.grad(per_example), in_dims=(None, 0, 0))(theta, Xte, yte)  # (200, 650)
+
+def median(fn):
+    fn()
+    samples = []
+    for _ in range(reps):
+        t = time.perf_counter(); fn(); samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+out = {"dattri": dattri.__file__, "version": getattr(dattri, "__version__", "0.2.0")}
+cg = ihvp_at_x_cg(loss_flat, theta, max_iter=100, regularization=lam)
+out["cg_seconds"] = median(lambda: cg(G))
+out["cg_answer"] = cg(G).tolist()
+explicit = lambda: ihvp_at_x_explicit(loss_flat, theta, regularization=lam)(G)
+out["explicit_seconds"] = median(explicit)
+out["explicit_answer"] = explicit().tolist()
+
+def f(params, pair):
+    image, label = pair
+    return torch.nn.functional.cross_entropy(torch.func.functional_call(model, params, image), label.long())
+
+task = AttributionTask(loss_func=f, model=model, checkpoints=model.state_dict())
+train = DataLoader(TensorDataset(Xtr, ytr), batch_size=64)
+test = DataLoader(TensorDataset(Xte, yte), batch_size=64)
+for name, cls in (("if_explicit", IFAttributorExplicit), ("if_cg", IFAttributorCG)):
+    def run():
+        a = cls(task=task, device=torch.device("cpu"), regularization=lam)
+        a.cache(train)
+        return a.attribute(train, test)
+    out[name + "_seconds"] = median(run)
+    out[name + "_scores"] = run().tolist()
+print(json.dumps(out))
+"""
+
+
+def _hybrid(folder: Path, reference: Path) -> Path:
+    """dattri 0.2.0's package with our ``dattri.func`` modules in place of its own."""
+    shutil.copytree(reference / "dattri", folder / "dattri")
+    for source in (REPO_ROOT / "dattri" / "func").glob("*.py"):
+        if source.name != "__init__.py":
+            shutil.copy(source, folder / "dattri" / "func" / source.name)
+    return folder
+
+
+def _burn(stop: Any) -> None:  # pragma: no cover - runs in a child process
+    x = 0
+    while not stop.is_set():
+        x = (x * 1103515245 + 12345) % 2**31
+
+
+def _side(path: Path, threads: int, reps: int) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(path), str(REPO_ROOT)]))
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", SCRIPT, str(threads), str(reps)],
+        env=env, capture_output=True, text=True, timeout=3600, cwd=path,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-4000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _relative(a: list, b: list) -> float:
+    import torch
+
+    ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    return float((ta - tb).norm() / tb.norm())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.dattri_layer", description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3, help="timed calls per measurement")
+    parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "out" / "dattri_layer_cpu.jsonl"))
+    args = parser.parse_args(argv)
+    reference = ensure_reference(DATTRI_REF)
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        hybrid = _hybrid(Path(tmp), reference)
+        for load in ("idle", "busy"):
+            stop = multiprocessing.Event()
+            burner = multiprocessing.Process(target=_burn, args=(stop,)) if load == "busy" else None
+            if burner:
+                burner.start()
+            try:
+                for threads in (1, 2):
+                    ref = _side(reference, threads, args.reps)
+                    ours = _side(hybrid, threads, args.reps)
+                    print(f"-- {load} machine, {threads} torch thread(s)")
+                    for key, label in (
+                        ("cg", "ihvp_at_x_cg, 200 vectors, max_iter=100"),
+                        ("explicit", "ihvp_at_x_explicit, 200 vectors"),
+                        ("if_explicit", "IFAttributorExplicit cache + attribute"),
+                        ("if_cg", "IFAttributorCG cache + attribute"),
+                    ):
+                        answer = "_answer" if key in ("cg", "explicit") else "_scores"
+                        diff = _relative(ours[key + answer], ref[key + answer])
+                        t_ref, t_ours = ref[key + "_seconds"], ours[key + "_seconds"]
+                        print(f"   {label:42s} dattri {t_ref:8.3f} s  ours {t_ours:8.3f} s  "
+                              f"dattri/ours {t_ref / t_ours:5.2f}x  answers differ by {diff:.1e}")
+                        records.append({
+                            "benchmark": "dattri_layer", "load": load, "threads": threads,
+                            "work": key, "dattri_seconds": t_ref, "ours_seconds": t_ours,
+                            "relative_difference": diff,
+                        })
+            finally:
+                if burner:
+                    stop.set()
+                    burner.join()
+    print(f"wrote {write_jsonl(args.out, records)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
