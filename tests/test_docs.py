@@ -114,3 +114,17 @@ def test_the_guard_accepts_a_declared_warning_and_only_that():
         _run_blocks(_page(marked + WARNS.format("x", "UserWarning")), "p")
     with pytest.raises(AssertionError, match="names no warning class"):
         _run_blocks(_page("# expect-warning: NoSuchWarning\nx = 1\n"), "p")
+
+
+def test_docstrings_use_no_sphinx_roles():
+    """The API reference renders docstrings as markdown (mkdocstrings): a Sphinx role such as
+    :class:`X` would show verbatim there; cross-references are written [`X`][linop.X]."""
+    role = re.compile(r":(class|meth|func|attr|mod|data|exc|obj):`")
+    found = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for package in ("linop", "dattri")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if role.search(line)
+    ]
+    assert not found, found

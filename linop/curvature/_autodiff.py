@@ -104,20 +104,23 @@ class ColumnChunks:
     reverse: 5.2 s with chunks of 8 columns, 0.67 s with 256, 0.78 s with 1024; on larger models
     and batches the best chunks measured were 8 to 64). So it keeps the best time per column
     seen for each chunk size it used (a call with fewer columns than the chunk measures its own
-    size), starts at ``start`` columns, doubles the best size while its double is untried (up to
-    ``limit``), and otherwise keeps the best; copies of the operator (its other batches) share
-    what was learned.
+    size), starts at ``start`` columns, tries the double of the best size (up to ``limit`` and
+    to the columns of the call), then its half, while untried, and otherwise keeps the best;
+    copies of the operator (its other batches) share what was learned.
     """
 
-    def __init__(self, start: int = 8, limit: int = 8192) -> None:
+    def __init__(self, start: int = 32, limit: int = 8192) -> None:
         self.size, self.limit = start, limit
         self.seconds: dict[int, float] = {}  # chunk size -> best time per column seen
 
-    def _next(self) -> int:
-        """The best size so far, or its double while that is untried."""
+    def _next(self, columns: int) -> int:
+        """The best size so far, or its double (if the calls have that many ``columns``), then
+        its half, while untried."""
         best = min(self.seconds, key=self.seconds.__getitem__)
-        bigger = min(2 * best, self.limit)
-        return bigger if bigger not in self.seconds else best
+        for size in (min(2 * best, self.limit), best // 2):
+            if 1 <= size <= columns and size not in self.seconds:
+                return size
+        return best
 
     def apply(self, fn: Callable[[torch.Tensor], torch.Tensor], V: torch.Tensor) -> torch.Tensor:
         """``fn`` applied to every column of ``V`` ``(n, k)``, vmapped in chunks."""
@@ -133,7 +136,7 @@ class ColumnChunks:
                 out[:, start : start + size] = part
             per_column = (time.perf_counter() - began) / size
             self.seconds[size] = min(self.seconds.get(size, per_column), per_column)
-            self.size = self._next()
+            self.size = self._next(k)
             start += size
         assert out is not None
         return out

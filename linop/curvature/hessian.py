@@ -110,7 +110,7 @@ class HessianOperator(CurvatureOperator):
         self.cache_linearization = cache
         self.vectorize = vectorize
         self._chunks = ColumnChunks()  # shared with the operator at other batches (see `at`)
-        self._dense_chunks = ColumnChunks()  # to_dense, by forward over reverse
+        self._dense_chunks = ColumnChunks(start=256)  # to_dense, by forward over reverse
         self._dense_forward = True  # whether the loss has forward-mode derivatives
         self._check()
 

@@ -360,3 +360,15 @@ def test_cuda_rev_fwd_and_explicit():
     assert out.device.type == "cuda"
     assert torch.allclose(out, -(x * x) * (x * y).sin() * v)
     assert ihvp_at_x_explicit(f, x, y, argnums=1, regularization=1.0)(v).device.type == "cuda"
+
+
+def test_cg_with_dattri_budgets_is_quiet_like_dattri():
+    """dattri's max_iter is a budget, not a failure: IFAttributorCG's defaults (max_iter=10)
+    stop before convergence on every call, and dattri says nothing; neither do we."""
+    A = torch.diag(torch.logspace(0, 3, 30, dtype=torch.float64))
+    f = lambda x: 0.5 * x @ A @ x  # noqa: E731
+    vec = torch.randn(4, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = ihvp_at_x_cg(f, torch.zeros(30, dtype=torch.float64), max_iter=3)(vec)
+    assert out.shape == (4, 30) and torch.isfinite(out).all()

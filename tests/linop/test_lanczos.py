@@ -4,6 +4,8 @@ nothing new, tag copies share them, and another batch starts afresh."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -137,3 +139,22 @@ def test_another_batch_starts_with_a_fresh_cache():
         torch.linalg.eigvalsh(hessian(loss)(w, X[:20], y[:20])).flip(0),
         1e-9,
     )
+
+
+def test_lanczos_builds_no_autograd_graph_through_its_products():
+    """A Hessian with respect to some parameters while others (inputs of the loss) require grad:
+    its products record a graph, and every Lanczos step used to convert one to a float (a torch
+    warning, memory and time). The decomposition runs without a graph."""
+    g = gen(0)
+    W1 = torch.randn(3, 4, dtype=torch.float64, generator=g).requires_grad_()  # not differentiated
+    w2 = torch.randn(6, dtype=torch.float64, generator=g)
+    X, y = torch.randn(10, 4, dtype=torch.float64, generator=g), torch.randint(0, 2, (10,))
+
+    def loss(w2, W1, X, y):
+        return F.cross_entropy(torch.tanh(X @ W1.T) @ w2.reshape(3, 2), y)
+
+    H = HessianOperator(loss, (w2, W1, X, y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        low = H.eigh(3)
+    assert not low.vectors.requires_grad and low.vectors.grad_fn is None
