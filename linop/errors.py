@@ -17,6 +17,7 @@ __all__ = [
     "NonScalarLossError",
     "NonFiniteError",
     "SingularOperatorError",
+    "IndefiniteOperatorError",
     "DivergenceError",
     "DistributedError",
     "ConvergenceWarning",
@@ -57,6 +58,11 @@ class NonFiniteError(LinopError, ValueError):
 class SingularOperatorError(LinopError, ArithmeticError, torch.linalg.LinAlgError):
     """A direct solve met a singular (or numerically singular) matrix. Also a
     ``torch.linalg.LinAlgError``, as torch's own solvers raise."""
+
+
+class IndefiniteOperatorError(LinopError, ValueError):
+    """A method that needs a positive semi-definite operator (a Nyström approximation) met one
+    that is not tagged psd, or that shows it is not."""
 
 
 class DivergenceError(LinopError, ArithmeticError):

@@ -64,6 +64,7 @@ from linop import (
     FlatSpec,
     HessianOperator,
     IdentityOperator,
+    IndefiniteOperatorError,
     InverseOperator,
     LinearOperator,
     LissaOptions,
@@ -72,6 +73,7 @@ from linop import (
     NegativeCurvatureWarning,
     NonFiniteError,
     NonScalarLossError,
+    NystromOptions,
     ProductOperator,
     ProjectionOperator,
     RandomProjection,
@@ -295,6 +297,13 @@ OPERATORS: dict[str, Callable[[], LinearOperator]] = {
         HessianOperator.from_data(_loss, W3, (X6,), 3)
         .regularize(1.0)
         .inverse("lissa", depth=20, scale=20.0, batch_size=2)
+    ),
+    "InverseOperator-cg-block": lambda: _hessian().regularize(1.0).inverse("cg", block=True),
+    "InverseOperator-nystrom": lambda: (
+        DenseOperator(SPD3, Tags(psd=True)).regularize(1.0).inverse("nystrom", rank=2)
+    ),
+    "InverseOperator-cg-nystrom-preconditioner": lambda: (
+        DenseOperator(SPD3, Tags(psd=True)).regularize(0.1).inverse("cg", preconditioner="nystrom")
     ),
     "InverseOperator-options-object": lambda: InverseOperator(
         DenseOperator(SPD3), CGOptions(rtol=1e-10)
@@ -2038,6 +2047,26 @@ SOLVERS = _rows(
     ("CGOptions-object-invalid", lambda: CGOptions(rtol=-1.0), Raises(ValueError, "rtol")),
     ("ArnoldiOptions-object-invalid", lambda: ArnoldiOptions(rank=0), Raises(ValueError, "rank")),
     ("LissaOptions-object-invalid", lambda: LissaOptions(depth=0), Raises(ValueError, "depth")),
+    ("NystromOptions-object-invalid", lambda: NystromOptions(tol=0), Raises(ValueError, "tol")),
+    *_option_rows(
+        "nystrom",
+        [
+            ("rank-0", {"rank": 0}, "rank"),
+            ("rank-negative", {"rank": -1}, "rank"),
+            ("rank-float", {"rank": 2.5}, "rank"),
+            ("tol-0", {"tol": 0}, "tol"),
+            ("tol-negative", {"tol": -1}, "tol"),
+            ("tol-nan", {"tol": NAN}, "tol"),
+            ("max_rank-0", {"max_rank": 0}, "max_rank"),
+            ("seed-out-of-range", {"seed": 2**70}, "seed"),
+            ("seed-string", {"seed": "a"}, "seed"),
+        ],
+    ),
+    (
+        "cg-nystrom-rank-0",
+        lambda: _A.inverse("cg", preconditioner="nystrom", rank=0),
+        Raises(ValueError, "rank"),
+    ),
     (
         "ExplicitOptions-object-invalid",
         lambda: ExplicitOptions(chunk_size=-3),
@@ -2162,7 +2191,74 @@ SOLVERS = _rows(
         lambda: _A.inverse("arnoldi", rank=50) @ ONES,
         _close(torch.linalg.solve(SPD3, ONES), 1e-8),
     ),
+    # block CG
+    (
+        "cg-block-indefinite",
+        lambda: _INDEFINITE.inverse("cg", block=True) @ torch.ones(N, 2, dtype=D64),
+        Warns(NegativeCurvatureWarning, r"not positive definite.*shift"),
+    ),
+    (
+        "cg-block-nan-operator",
+        lambda: _NaNProducts().inverse("cg", block=True) @ ONES,
+        Raises(NonFiniteError, "(?i)nan|finite"),
+    ),
+    (
+        "cg-block-nan-rhs",
+        lambda: _A.inverse("cg", block=True) @ _nan_vector(),
+        Raises(NonFiniteError, "right-hand side"),
+    ),
+    (
+        "cg-block-dependent-columns",
+        lambda: _A.inverse("cg", block=True, rtol=1e-12) @ torch.stack([ONES, ONES, 0 * ONES], 1),
+        _close(torch.linalg.solve(SPD3, torch.stack([ONES, ONES, 0 * ONES], 1)), 1e-9),
+    ),
+    # Nyström
+    (
+        "nystrom-not-tagged-psd",
+        lambda: _A.regularize(1.0).inverse("nystrom", rank=2) @ ONES,
+        Raises(IndefiniteOperatorError, "with_tags"),
+    ),
+    (
+        "nystrom-preconditioner-not-tagged-psd",
+        lambda: _A.regularize(1.0).inverse("cg", preconditioner="nystrom") @ ONES,
+        Raises(IndefiniteOperatorError, "psd"),
+    ),
+    (
+        "nystrom-vouched-but-indefinite",
+        lambda: _INDEFINITE.with_tags(psd=True).regularize(3.0).inverse("nystrom", rank=N) @ ONES,
+        Warns(NegativeCurvatureWarning, "negative curvature"),
+    ),
+    (
+        "nystrom-low-rank-needs-shift",
+        lambda: DenseOperator(SPD3, Tags(psd=True)).inverse("nystrom", rank=2) @ ONES,
+        Raises(ValueError, "shift"),
+    ),
+    (
+        "nystrom-adaptive-needs-shift",
+        lambda: DenseOperator(SPD3, Tags(psd=True)).inverse("nystrom") @ ONES,
+        Raises(ValueError, "shift"),
+    ),
+    (
+        "nystrom-of-nan-operator",
+        lambda: _NaNProducts().with_tags(psd=True).inverse("nystrom", rank=2) @ ONES,
+        Raises(NonFiniteError, "(?i)nan|finite"),
+    ),
+    (
+        "nystrom-full-rank-exact",
+        lambda: DenseOperator(SPD3, Tags(psd=True)).inverse("nystrom", rank=N) @ ONES,
+        _close(torch.linalg.solve(SPD3, ONES), 1e-8),
+    ),
     # LiSSA
+    (
+        "lissa-automatic-scale",
+        lambda: _A.inverse("lissa", depth=2000) @ ONES,
+        _close(torch.linalg.solve(SPD3, ONES), 1e-8),
+    ),
+    (
+        "lissa-automatic-scale-negative-definite",
+        lambda: (-1.0 * _A).inverse("lissa") @ ONES,
+        Raises(ValueError, "positive definite"),
+    ),
     (
         "lissa-diverging",
         lambda: (

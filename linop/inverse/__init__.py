@@ -6,15 +6,19 @@ method   what it does
 explicit materialise (memory guard applies), then Cholesky (symmetric positive definite) or LU
 cg       batched conjugate gradient; every column stops on its own at
          ``‖b − Ax‖ ≤ max(rtol‖b‖, atol)``; a preconditioner is an operator
-         (``preconditioner="arnoldi"`` builds the deflation by the top eigenpairs)
+         (``preconditioner="arnoldi"`` or ``"nystrom"`` builds one from the spectrum);
+         ``block=True`` shares one Krylov space across the columns
 arnoldi  Lanczos top-k eigenpairs once (kept in the operator's cache), then ``V (Λ + λ)⁻¹ Vᵀ``
 lissa    stochastic Neumann series over random minibatches of a dataset mean
+nystrom  a randomized Nyström approximation of a psd ``H`` (kept in its cache), then the exact
+         inverse of ``U Λ Uᵀ + λI``
 ======== =====================================================================================
 
 Each method's options are a typed object ([`CGOptions`][linop.CGOptions],
 [`ExplicitOptions`][linop.ExplicitOptions], [`ArnoldiOptions`][linop.ArnoldiOptions],
-[`LissaOptions`][linop.LissaOptions]), checked when the inverse is built; why each column stopped is
-a [`StopReason`][linop.StopReason] on [`SolveInfo`][linop.SolveInfo].
+[`LissaOptions`][linop.LissaOptions], [`NystromOptions`][linop.NystromOptions]), checked when
+the inverse is built; why each column stopped is a [`StopReason`][linop.StopReason] on
+[`SolveInfo`][linop.SolveInfo].
 
 Example:
     >>> import torch
@@ -33,8 +37,9 @@ from linop.inverse.base import METHODS, SolveInfo, SolverOptions, StopReason, St
 from linop.inverse.cg import CGOptions
 from linop.inverse.explicit import ExplicitOptions
 from linop.inverse.lissa import LissaOptions
+from linop.inverse.nystrom import NystromOptions
 from linop.inverse.operator import InverseOperator, solve
-from linop.inverse.preconditioners import deflation_preconditioner
+from linop.inverse.preconditioners import deflation_preconditioner, nystrom_preconditioner
 
 __all__ = [
     "METHODS",
@@ -43,11 +48,13 @@ __all__ = [
     "ExplicitOptions",
     "InverseOperator",
     "LissaOptions",
+    "NystromOptions",
     "SolveInfo",
     "SolverOptions",
     "StopReason",
     "Strategy",
     "deflation_preconditioner",
+    "nystrom_preconditioner",
     "register",
     "solve",
 ]

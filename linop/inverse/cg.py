@@ -30,6 +30,7 @@ from linop.errors import (
     ShapeMismatchError,
 )
 from linop.inverse.base import SolveInfo, SolverOptions, StopReason, Strategy, register
+from linop.inverse.block_cg import block_cg
 from linop.inverse.preconditioners import PRECONDITIONERS, as_preconditioner
 from linop.operator import LinearOperator
 
@@ -47,10 +48,13 @@ class CGOptions(SolverOptions):
         x0: initial guess, ``(n,)`` or ``(n, k)`` (default zeros), or a function of the
             right-hand sides ``B`` ``(n, k)`` returning one (``lambda B: B`` starts from ``b``).
         preconditioner: ``M ≈ A⁻¹``: a symmetric positive definite operator of ``A``'s shape,
-            dtype and device, a callable on ``(n, k)`` tensors, or ``"arnoldi"`` (deflation by
-            the top ``rank`` eigenpairs, see
-            [`deflation_preconditioner`][linop.inverse.preconditioners.deflation_preconditioner]).
-        rank: eigenpairs of a named preconditioner.
+            dtype and device, a callable on ``(n, k)`` tensors, ``"arnoldi"`` (deflation by
+            the top ``rank`` Lanczos eigenpairs, see
+            [`deflation_preconditioner`][linop.inverse.preconditioners.deflation_preconditioner])
+            or ``"nystrom"`` (a randomized Nyström approximation of a psd ``A = H + λI``, see
+            [`nystrom_preconditioner`][linop.inverse.preconditioners.nystrom_preconditioner]).
+        rank: eigenpairs of a named preconditioner (None: 20 for ``"arnoldi"``; for
+            ``"nystrom"``, chosen by its adaptive rule).
         arnoldi_maxiter: Lanczos steps of a named preconditioner (default as ``eigh``).
         seed: seed of a named preconditioner's Lanczos start.
         check_every: iterations between host checks of convergence (default 1 on CPU, 10 on
@@ -60,6 +64,10 @@ class CGOptions(SolverOptions):
             True: go on through negative curvature, as plain CG does on a symmetric indefinite
             matrix, stopping only at zero curvature (the iterates are then the Galerkin solutions
             of the Krylov spaces, with no guarantee of convergence).
+        block: block CG (`linop.inverse.block_cg`): one Krylov space shared by all the columns
+            of a product, so many related right-hand sides need far fewer products in all;
+            each iteration applies the operator to as many directions as columns still
+            iterate. With one column it is plain CG.
     """
 
     method = "cg"
@@ -68,12 +76,13 @@ class CGOptions(SolverOptions):
     maxiter: int | None = None
     x0: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None
     preconditioner: Any = None
-    rank: int = 20
+    rank: int | None = None
     arnoldi_maxiter: int | None = None
     seed: int = 0
     check_every: int | None = None
     progress: bool = False
     indefinite: bool = False
+    block: bool = False
 
     def validate(self) -> None:
         non_negative("rtol", self.rtol)
@@ -81,7 +90,7 @@ class CGOptions(SolverOptions):
         if self.maxiter is not None:
             integer("maxiter", self.maxiter, 0)
         check_seed(self.seed)
-        positive_int("rank", self.rank, allow_none=False)
+        positive_int("rank", self.rank)
         positive_int("arnoldi_maxiter", self.arnoldi_maxiter)
         positive_int("check_every", self.check_every)
         if not (self.x0 is None or isinstance(self.x0, torch.Tensor) or callable(self.x0)):
@@ -134,6 +143,15 @@ class CGStrategy(Strategy):
         # below eps·‖b‖ the recursive residual is rounding noise (it may go on shrinking into
         # underflow, where pᵀAp reads 0): the column has reached the attainable accuracy
         floor = torch.finfo(B.dtype).eps * bnorm
+        if o.block:
+            X, R, iters, curvature, more = block_cg(
+                A, R, X, M, threshold, floor, maxiter, o.indefinite, o.progress
+            )
+            recursive = R.norm(dim=0)
+            R = B - A._matmat(X)
+            return X, self._info(
+                R, recursive, bnorm, threshold, floor, iters, curvature, hvps + more + k
+            )
         Z = M(R) if M else R
         P = Z.clone()
         rz = (R * Z).sum(0)

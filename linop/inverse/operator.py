@@ -18,7 +18,7 @@ import torch
 
 from linop._tensor import traced
 from linop.errors import NonFiniteError, ShapeMismatchError
-from linop.inverse import arnoldi, cg, explicit, lissa  # noqa: F401 - they register the methods
+from linop.inverse import arnoldi, cg, explicit, lissa, nystrom  # noqa: F401 - they register the methods
 from linop.inverse.base import METHODS, SolveInfo, SolverOptions, StopReason, Strategy
 from linop.operator import LinearOperator
 from linop.tags import Tags
@@ -37,7 +37,8 @@ def make_strategy(
         if method.method not in METHODS:
             raise TypeError(
                 f"{type(method).__name__} names no inverse method; pass a method's options "
-                f"(CGOptions, ExplicitOptions, ArnoldiOptions, LissaOptions) or its name"
+                f"(CGOptions, ExplicitOptions, ArnoldiOptions, LissaOptions, NystromOptions) or "
+                f"its name"
             )
         return METHODS[method.method](operator, method)
     if method not in METHODS:
@@ -79,8 +80,8 @@ class InverseOperator(LinearOperator):
 
     Args:
         operator: the square operator ``A``.
-        method: ``"explicit"``, ``"cg"``, ``"arnoldi"`` or ``"lissa"``, or a typed options object
-            ([`CGOptions`][linop.CGOptions], ...), which names its method.
+        method: ``"explicit"``, ``"cg"``, ``"arnoldi"``, ``"lissa"`` or ``"nystrom"``, or a typed
+            options object ([`CGOptions`][linop.CGOptions], ...), which names its method.
         **options: the method's options (an unknown or invalid one is an error listing the
             valid ones).
 

@@ -102,3 +102,40 @@ def test_lissa_over_a_list_draws_whole_batches():
     assert float((x - ref).norm() / ref.norm()) < 0.10
     with pytest.raises(ValueError, match="batch_size"):
         A.inverse("lissa", batch_size=4) @ b
+
+
+def test_the_default_scale_is_estimated_from_the_top_eigenvalue_and_reported():
+    M = _spd(12, 21, 0.5, 8.0)  # top eigenvalue 8
+    lam = 0.25
+    H = DenseOperator(M, Tags(psd=True))
+    A = H + lam * IdentityOperator.like(H)
+    b = torch.randn(12, dtype=D64, generator=_gen(22))
+    inv = A.inverse("lissa", depth=400)
+    x = inv @ b
+    scale = inv.info.extra["scale"]
+    # 10 Lanczos steps approach the top eigenvalue from below: the scale is about 1.5 (8 + λ)
+    assert 1.5 * (0.99 * 8.0 + lam) <= scale <= 1.5 * (8.0 + lam) * (1 + 1e-12)
+    assert inv.info.hvps == 10 + 399  # the estimate's products, then depth - 1 steps
+    assert_close(x, torch.linalg.solve(M + lam * torch.eye(12, dtype=D64), b), 1e-8)
+    # an explicit scale is used as given, with no products spent on it
+    fixed = A.inverse("lissa", depth=50, scale=20.0)
+    fixed @ b
+    assert fixed.info.extra["scale"] == 20.0 and fixed.info.hvps == 49
+
+
+def test_the_default_scale_covers_the_minibatches():
+    g = _gen(23)
+    X, y = torch.randn(96, 3, dtype=D64, generator=g), torch.randint(0, 3, (96,), generator=g)
+    loss = lambda w, X, y: torch.nn.functional.cross_entropy(X @ w.reshape(3, 3), y)  # noqa: E731
+    w = torch.randn(9, dtype=D64, generator=g)
+    H = HessianOperator.from_data(loss, w, (X, y), batch_size=96)
+    A = H + 0.1 * IdentityOperator.like(H)
+    b = torch.randn(9, dtype=D64, generator=g)
+    inv = A.inverse("lissa", batch_size=8, depth=400, repeats=4)
+    x = inv @ b  # no DivergenceError: the scale exceeds the sampled minibatches' top eigenvalues
+    scale = inv.info.extra["scale"]
+    for seed in range(20):  # and most others: 1.5 times the top of 3 draws
+        op = H.minibatch(torch.Generator().manual_seed(100 + seed), 8)
+        assert float(torch.linalg.eigvalsh(op.to_dense())[-1]) + 0.1 < scale
+    ref = torch.linalg.solve(H.to_dense() + 0.1 * torch.eye(9, dtype=D64), b)
+    assert float((x - ref).norm() / ref.norm()) < 0.2

@@ -141,7 +141,7 @@ def test_unknown_method_or_option_lists_the_valid_ones():
         A.inverse("newton")
     with pytest.raises(TypeError, match="valid options: rtol"):
         A.inverse("cg", tol=1e-3)
-    assert set(METHODS) == {"explicit", "cg", "arnoldi", "lissa"}
+    assert set(METHODS) == {"explicit", "cg", "arnoldi", "lissa", "nystrom"}
     with pytest.raises(ValueError, match="square"):
         DenseOperator(torch.ones(2, 3, dtype=D64)).inverse()
 
