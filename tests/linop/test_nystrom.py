@@ -176,3 +176,21 @@ def test_nystrom_preconditioned_cg_agrees_with_cg_in_fewer_iterations():
         (DenseOperator(M) + lam * IdentityOperator.like(H)).inverse(
             "cg", preconditioner="nystrom"
         ) @ B
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(2, 20), seed=st.integers(0, 10_000), lam=st.sampled_from([1e-3, 1.0]))
+def test_full_rank_nystrom_preconditioner_is_the_inverse(n, seed, lam):
+    from linop.inverse import nystrom_preconditioner
+
+    M = spd(n, seed, 1e-2, 10.0)
+    H = DenseOperator(M, Tags(psd=True))
+    A = H + lam * IdentityOperator.like(H)
+    P, products = nystrom_preconditioner(A, rank=n, seed=seed)
+    assert products == n
+    assert P.tags.psd
+    assert_close(P.to_dense(), torch.linalg.inv(M + lam * torch.eye(n, dtype=D64)), 1e-6)
+    b = torch.randn(n, dtype=D64, generator=gen(seed))
+    inv = A.inverse("cg", rtol=1e-10, preconditioner="nystrom", rank=n, seed=seed)
+    inv @ b
+    assert int(inv.info.iterations[0]) <= 2
