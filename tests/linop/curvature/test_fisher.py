@@ -145,7 +145,7 @@ def _problem():
 def test_mc_needs_a_known_likelihood():
     f, p, X, y = _problem()
     quartic = lambda o, t: ((o - t) ** 4).mean()  # noqa: E731
-    with pytest.raises(ValueError, match="categorical.*gaussian"):
+    with pytest.raises(ValueError, match=r"categorical.*gaussian"):
         FisherOperator(f, quartic, p, (X, torch.zeros(6, 3, dtype=D64)), kind="mc")
     with pytest.raises(ValueError, match="cross-entropy"):
         FisherOperator(f, torch.nn.CrossEntropyLoss(label_smoothing=0.1), p, (X, y), kind="mc")
