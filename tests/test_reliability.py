@@ -42,6 +42,7 @@ import scipy.sparse as sp
 import torch
 
 import linop
+from dattri.func import fisher as dfisher
 from dattri.func import hessian as dh
 from dattri.func import projection as dp
 from dattri.func import utils as du
@@ -3107,6 +3108,53 @@ OUTPUT_CURVATURE = _rows(
         "module_per_example_gradients-frozen",
         lambda: module_per_example_gradients(_model().requires_grad_(False), _CE, (X6, Y6)),
         Raises(ValueError, "no trainable parameters"),
+    ),
+    # ---- dattri.func.fisher
+    (
+        "dattri.ifvp_at_x_explicit-ok",
+        lambda: dfisher.ifvp_at_x_explicit(_loss, W3, X6, regularization=0.1)(_randn(2, N)),
+        _shape(2, N, dtype=D64),
+    ),
+    (
+        "dattri.ifvp_explicit-ok",
+        lambda: dfisher.ifvp_explicit(_loss, regularization=0.1)((W3, X6), ONES),
+        _shape(N, dtype=D64),
+    ),
+    (
+        "dattri.ifvp_at_x_explicit-examples-differ",
+        lambda: dfisher.ifvp_at_x_explicit(
+            lambda w, X, y: _loss(w, X) * y.sum(), W3, X6, Y6[:4].double()
+        ),
+        Raises(dfisher.IFVPUsageError, "mismatch"),
+    ),
+    (
+        "dattri.ifvp_at_x_explicit-two-argnums",
+        lambda: dfisher.ifvp_at_x_explicit(_loss, W3, X6, argnums=(0, 1)),
+        Raises(dfisher.IFVPUsageError, "one argnums"),
+    ),
+    (
+        "dattri.ifvp_at_x_explicit-no-examples",
+        lambda: dfisher.ifvp_at_x_explicit(lambda w: (w**2).sum(), W3),
+        Raises(dfisher.IFVPUsageError, "example dimension"),
+    ),
+    (
+        "dattri.ifvp_at_x_explicit-wrong-vector",
+        lambda: dfisher.ifvp_at_x_explicit(_loss, W3, X6, regularization=0.1)(torch.ones(N + 1)),
+        Raises(ValueError, "shape|dtype"),
+    ),
+    (
+        "dattri.estimate_covariance-max_iter-0",
+        lambda: dfisher.estimate_covariance(lambda b: b, [(X6,)], {}, max_iter=0),
+        Raises(dfisher.IFVPUsageError, "max_iter"),
+    ),
+    (
+        "dattri.estimate_eigenvector-rows",
+        lambda: (
+            dfisher.estimate_eigenvector({"l": (SPD3, SPD3)})["l"][0]
+            @ SPD3
+            @ dfisher.estimate_eigenvector({"l": (SPD3, SPD3)})["l"][0].T
+        ),
+        _close(torch.diag(torch.linalg.eigvalsh(SPD3))),
     ),
 )
 
