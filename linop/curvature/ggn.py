@@ -46,9 +46,10 @@ class GGNOperator(OutputCurvature):
         chunk_size: how many columns one vmapped product handles at once (default: learned on a
             CPU from the products' timings, all on a GPU).
         vectorize: apply the columns with vmap (True) or one by one (False); default vmap.
-        cache: linearise the model once at the point and keep its reverse-mode pullback, so
-            that every product replays only the linear maps (about the cost of one gradient);
-            False recomputes them on every product, saving their memory.
+        cache: keep the reverse-mode pullback at the point and, once the operator has been
+            applied to 24 columns, a linearised forward map (``torch.func.linearize``), so that
+            every product replays only the linear maps: about the cost of one gradient, where
+            tracing costs about 15 (False: recompute them on every product, saving their memory).
 
     The operator is square ``(n, n)`` (``n`` the entries of the point), tagged psd, and has the
     point's dtype and device. ``GGNOperator.from_batches(output_fn, loss_fn, params, batches)``,

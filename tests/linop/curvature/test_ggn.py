@@ -66,10 +66,13 @@ def test_cnn():
 def test_every_product_path(cache, vectorize, chunk_size):
     f, p, X, y, expected = _cnn_problem()
     G = GGNOperator(f, F.cross_entropy, p, (X, y), cache=cache, vectorize=vectorize)
-    V = torch.randn(G.shape[0], 5, dtype=D64, generator=gen(4))
-    for _ in range(2):  # the second product reuses (or rebuilds) the linearisation
+    V = torch.randn(G.shape[0], 13, dtype=D64, generator=gen(4))
+    for _ in range(3):  # later products reuse (or rebuild) the pullback; from 24 columns on,
+        # with the cache, the forward map is linearised
         assert_close(G @ V, expected @ V)
         assert_close(G @ V[:, 0], expected @ V[:, 0])
+    state = G.__dict__.get("_state")
+    assert (state is not None and state.traced) if cache else state is None
 
 
 def test_flat_point_argnums_and_module():
