@@ -188,9 +188,10 @@ class OutputCurvature(CurvatureOperator):
         ``columns`` columns.
 
         With ``cache`` they are kept: the reverse-mode pullback from the first product on, and,
-        once the operator has met ``LINEARIZE_AFTER`` (24) columns, the forward map linearised by ``torch.func.linearize`` (later products replay
-        only the tangent computation: measured on an MLP 784-512-512-10, batch 1024, one
-        product 1.14 gradients instead of 1.76 with ``jvp``; tracing it costs about 15
+        once the operator has met ``LINEARIZE_AFTER`` (24) columns, the forward map linearised
+        by ``torch.func.linearize`` (later products replay only the tangent computation:
+        measured on an MLP 784-512-512-10, batch 1024, one product 1.14 gradients instead of
+        1.76 with ``jvp``; tracing it costs about 15
         gradients, hence the wait). Without ``cache`` (the dataset mean's other batches) every
         product rebuilds them, ``J v`` by ``jvp``.
         """
