@@ -76,6 +76,8 @@ from benchmarks._digits import LOGISTIC, MODELS, Model, limit_threads, load_spli
 from benchmarks._harness import REPO_ROOT, write_jsonl
 from linop import (
     ConvergenceWarning,
+    FisherOperator,
+    GGNOperator,
     HessianOperator,
     IdentityOperator,
     ProjectionOperator,
@@ -321,6 +323,47 @@ METHODS: dict[str, InverseMethod] = {
     "cg (scipy)": solve_cg_scipy,
 }
 
+# Curvature approximations: the same scores with the Hessian replaced by the Gauss-Newton matrix
+# or the Fisher (each plus λI). For logistic regression the GGN is the Hessian (a linear model).
+
+
+def _curvature(p: Problem, kind: str) -> RegularizedOperator:
+    """``C + λI`` with ``C`` the GGN, the empirical Fisher or the MC Fisher of the mean loss at
+    the optimum (full batch)."""
+    loss = torch.nn.functional.cross_entropy
+    batch = (p.X, p.y)
+    if kind == "ggn":
+        C = GGNOperator(p.model.logits, loss, p.theta, batch)
+    elif kind == "mc":
+        C = FisherOperator(p.model.logits, loss, p.theta, batch, kind="mc", mc_samples=8)
+    else:
+        C = FisherOperator(p.model.logits, loss, p.theta, batch)
+    A = C + p.model.lam * IdentityOperator.like(C)
+    assert isinstance(A, RegularizedOperator)
+    return A
+
+
+def _curvature_method(kind: str, method: str) -> InverseMethod:
+    def solve(p: Problem) -> Estimate:
+        options = {"rtol": 1e-8} if method == "cg" else {}
+        return _apply(_curvature(p, kind).inverse(method, **options), p)
+
+    what = {"ggn": "Gauss-Newton", "fisher": "empirical Fisher", "mc": "MC Fisher (8 samples)"}
+    solve.__doc__ = f"``({what[kind]} + λI)⁻¹`` by linop's {method} solve."
+    return solve
+
+
+#: The curvature rows, run by default with ``--model mlp`` (for logistic regression the GGN is
+#: the Hessian); ask for them by name otherwise.
+CURVATURE_METHODS: dict[str, InverseMethod] = {
+    f"{label} {method}": _curvature_method(kind, method)
+    for kind, label in (("ggn", "ggn"), ("fisher", "empirical fisher"), ("mc", "mc fisher"))
+    for method in ("explicit", "cg")
+}
+
+#: Every method :func:`run` knows.
+ALL_METHODS: dict[str, InverseMethod] = {**METHODS, **CURVATURE_METHODS}
+
 #: Methods left out by default with ``--model mlp`` (ask for them with ``--methods``): on its
 #: ill-conditioned A (condition number 1.6e3, 2410 parameters) they took, measured on the default
 #: run, LiSSA 108 s (Spearman 0.955), the random projection 27 s (0.217: its CG solve again)
@@ -366,7 +409,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--methods",
         default=None,
         help=f"comma-separated inverse methods to compare (default: all of {', '.join(METHODS)}; "
-        f"with --model mlp all but {', '.join(MLP_SKIPPED)})",
+        f"with --model mlp all but {', '.join(MLP_SKIPPED)}, plus {', '.join(CURVATURE_METHODS)})",
     )
     p.add_argument(
         "--threads",
@@ -404,13 +447,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--num-removed must be between 2 and {args.num_train}")
     if args.methods is None:
         skipped = MLP_SKIPPED if args.model == "mlp" else ()
-        args.methods = ",".join(m for m in METHODS if m not in skipped)
+        extra = list(CURVATURE_METHODS) if args.model == "mlp" else []
+        args.methods = ",".join([m for m in METHODS if m not in skipped] + extra)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not args.methods:
         p.error("--methods names no method")
-    unknown = [m for m in args.methods if m not in METHODS]
+    unknown = [m for m in args.methods if m not in ALL_METHODS]
     if unknown:
-        p.error(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+        p.error(f"unknown method(s) {unknown}; known: {list(ALL_METHODS)}")
     return args
 
 
@@ -581,7 +625,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     for name in bar:
         bar.set_postfix_str(name)
         t0 = time.perf_counter()
-        est = METHODS[name](problem)
+        est = ALL_METHODS[name](problem)
         seconds = time.perf_counter() - t0
         predicted = est.scores.numpy() / n  # (T, R)
         rho = spearman_per_row(actual, predicted)
@@ -605,7 +649,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     # The term common to all removed points (see the module docstring), for the diagnostics:
     # the first method applied to the single right-hand side λθ.
     first = args.methods[0]
-    s_scores = METHODS[first](replace(problem, G_train=(model.lam * theta)[:, None])).scores
+    s_scores = ALL_METHODS[first](replace(problem, G_train=(model.lam * theta)[:, None])).scores
     shift = s_scores[:, 0].numpy() / (n - 1)
     pred = results[first]["predicted"]
     rel = lambda p: float(np.median(np.abs(actual - p) / np.abs(actual)))  # noqa: E731

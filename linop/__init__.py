@@ -26,7 +26,16 @@ from linop.algebra import (
     ScaledOperator,
     SumOperator,
 )
-from linop.curvature import CurvatureOperator, DatasetMean, HessianOperator, hvp
+from linop.curvature import (
+    CurvatureOperator,
+    DatasetMean,
+    FisherOperator,
+    GGNOperator,
+    HessianOperator,
+    hvp,
+    module_per_example_gradients,
+    per_example_gradients,
+)
 from linop.data import Batches, DataSource, LoaderData, ShardedData, TensorBatches, as_source
 from linop.errors import (
     AttainableAccuracyWarning,
@@ -87,7 +96,9 @@ __all__ = [
     "DivergenceError",
     "DTypeMismatchError",
     "ExplicitOptions",
+    "FisherOperator",
     "FlatSpec",
+    "GGNOperator",
     "HessianOperator",
     "IdentityOperator",
     "InverseOperator",
@@ -121,6 +132,8 @@ __all__ = [
     "aslinearoperator",
     "as_source",
     "hvp",
+    "module_per_example_gradients",
+    "per_example_gradients",
     "solve",
     "to_scipy",
 ]

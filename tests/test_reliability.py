@@ -42,6 +42,7 @@ import scipy.sparse as sp
 import torch
 
 import linop
+from dattri.func import fisher as dfisher
 from dattri.func import hessian as dh
 from dattri.func import projection as dp
 from dattri.func import utils as du
@@ -61,7 +62,9 @@ from linop import (
     DivergenceError,
     DTypeMismatchError,
     ExplicitOptions,
+    FisherOperator,
     FlatSpec,
+    GGNOperator,
     HessianOperator,
     IdentityOperator,
     IndefiniteOperatorError,
@@ -90,6 +93,8 @@ from linop import (
     as_source,
     aslinearoperator,
     hvp,
+    module_per_example_gradients,
+    per_example_gradients,
     solve,
 )
 from linop.lanczos import eigh as lanczos_eigh
@@ -323,6 +328,41 @@ OPERATORS: dict[str, Callable[[], LinearOperator]] = {
     "RandomProjection": lambda: RandomProjection(N, 2, dtype=D64),
     "LinearOperator.eigh": lambda: DenseOperator(SPD3).eigh(2),
 }
+
+
+# ---- the Gauss-Newton and Fisher operators: a linear model 3 -> 2 on six examples
+W6 = 0.3 * _randn(2 * N, seed=2)  # not zero: at zero every output is 0, and a loss mixing
+# examples could not be told from a mean
+_CE = torch.nn.functional.cross_entropy
+
+
+def _logits(w: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    return X @ w.reshape(N, 2)
+
+
+OPERATORS.update(
+    {
+        "GGNOperator": lambda: GGNOperator(_logits, _CE, W6, (X6, Y6)),
+        "GGNOperator-no-cache": lambda: GGNOperator(_logits, _CE, W6, (X6, Y6), cache=False),
+        "GGNOperator-autodiff-loss": lambda: GGNOperator(
+            _logits, lambda o, t: _CE(o, t) + (o**2).mean(), W6, (X6, Y6)
+        ),
+        "GGNOperator.from_batches": lambda: GGNOperator.from_batches(
+            _logits, _CE, W6, [(X6[:4], Y6[:4]), (X6[4:], Y6[4:])]
+        ),
+        "GGNOperator.from_data": lambda: GGNOperator.from_data(_logits, _CE, W6, (X6, Y6), 4),
+        "GGNOperator.from_module": lambda: GGNOperator.from_module(_model(), _CE, (X6, Y6)),
+        "FisherOperator": lambda: FisherOperator(_logits, _CE, W6, (X6, Y6)),
+        "FisherOperator-mc": lambda: FisherOperator(
+            _logits, _CE, W6, (X6, Y6), kind="mc", mc_samples=2
+        ),
+        "FisherOperator.from_module-loader": lambda: FisherOperator.from_module(
+            _model(),
+            _CE,
+            torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X6, Y6), batch_size=4),
+        ),
+    }
+)
 
 #: what every operator is given: (id, make the input from (m, n), expectation from (m, n))
 APPLICATIONS: list[tuple[str, Callable[[int, int], Any], Callable[[int, int], Expect]]] = [
@@ -2952,6 +2992,272 @@ DATTRI = _rows(
         _close(torch.tensor([0.0, 0.0, 5.0, 5.0, 5.0])),
     ),
 )
+
+
+OUTPUT_CURVATURE = _rows(
+    # ---- GGNOperator / FisherOperator: the loss, the outputs and the targets
+    (
+        "GGN-loss-mixes-examples",
+        lambda: GGNOperator(_logits, lambda o, t: _CE(o - o.mean(0), t), W6, (X6, Y6)),
+        Raises(ValueError, "mean over the batch"),
+    ),
+    (
+        "GGN-loss-summed",
+        lambda: GGNOperator(_logits, torch.nn.CrossEntropyLoss(reduction="sum"), W6, (X6, Y6)),
+        Raises(ValueError, "reduction='sum'"),
+    ),
+    (
+        "GGN-loss-not-reduced",
+        lambda: GGNOperator(_logits, torch.nn.CrossEntropyLoss(reduction="none"), W6, (X6, Y6)),
+        Raises(NonScalarLossError, "reduce it"),
+    ),
+    (
+        "GGN-outputs-without-examples",
+        lambda: GGNOperator(lambda w, X: _logits(w, X).sum(0), _CE, W6, (X6, torch.tensor(0))),
+        Raises(ShapeMismatchError, "first dimension"),
+    ),
+    (
+        "GGN-mse-targets-would-broadcast",
+        lambda: GGNOperator(_logits, torch.nn.MSELoss(), W6, (X6, torch.zeros(6, 1, dtype=D64))),
+        Raises(ShapeMismatchError, "outputs' shape"),
+    ),
+    (
+        "GGN-ce-targets-2d",
+        lambda: GGNOperator(_logits, _CE, W6, (X6, Y6[:, None])),
+        Raises(ShapeMismatchError, "class indices"),
+    ),
+    (
+        "GGN-targets-too-few",
+        lambda: GGNOperator(_logits, lambda o, t: (o.sum(1) - t).pow(2).mean(), W6, (X6, W3)),
+        Raises(ShapeMismatchError, "targets must have"),
+    ),
+    (
+        "GGN-ce-targets-not-tensor",
+        lambda: GGNOperator(_logits, _CE, W6, (X6, [0, 1, 0, 1, 1, 0])),
+        Raises(TypeError, "tensor targets"),
+    ),
+    (
+        "GGN-batch-without-targets",
+        lambda: GGNOperator(_logits, _CE, W6, (X6,)),
+        Raises(ValueError, "then the targets"),
+    ),
+    (
+        "GGN-batch-a-tensor",
+        lambda: GGNOperator(_logits, _CE, W6, X6),
+        Raises(ValueError, "then the targets"),
+    ),
+    (
+        "GGN-argnums",
+        lambda: GGNOperator(_logits, _CE, W6, (X6, Y6), 2),
+        Raises(ValueError, "argnums"),
+    ),
+    (
+        "GGN-chunk_size-0",
+        lambda: GGNOperator(_logits, _CE, W6, (X6, Y6), chunk_size=0),
+        Raises(ValueError, "chunk_size"),
+    ),
+    (
+        "GGN-loss-not-callable",
+        lambda: GGNOperator(_logits, "cross_entropy", W6, (X6, Y6)),
+        Raises(TypeError, "callable"),
+    ),
+    (
+        "GGN-int-outputs",
+        lambda: GGNOperator(lambda w, X: _logits(w, X).long(), _CE, W6, (X6, Y6)),
+        Raises(DTypeMismatchError, "floating"),
+    ),
+    (
+        "GGN-float32-data-float64-model",
+        lambda: GGNOperator.from_module(_model(), _CE, (X6.float(), Y6)),
+        Raises(DTypeMismatchError, "float32"),
+    ),
+    (
+        "GGN-nan-data",
+        lambda: GGNOperator(_logits, _CE, W6, (X6 * NAN, Y6)),
+        Raises(NonFiniteError, "loss is nan"),
+    ),
+    (
+        "GGN@nan-vector",
+        lambda: OPERATORS["GGNOperator"]() @ _nan_vector(6),
+        Raises(NonFiniteError, "vector"),
+    ),
+    (
+        "GGN-from_batches-empty",
+        lambda: GGNOperator.from_batches(_logits, _CE, W6, []),
+        Raises(ValueError, "no batches"),
+    ),
+    (
+        "GGN-from_module-dropout-training",
+        lambda: GGNOperator.from_module(
+            torch.nn.Sequential(torch.nn.Linear(N, 2), torch.nn.Dropout(0.5)).double(),
+            _CE,
+            (X6, Y6),
+        ),
+        Raises(ValueError, "model.eval"),
+    ),
+    (
+        "GGN-equals-Hessian-linear-model",
+        lambda: GGNOperator(_logits, _CE, W6, (X6, Y6)).to_dense(),
+        _close(HessianOperator(lambda w, X, y: _CE(_logits(w, X), y), (W6, X6, Y6)).to_dense()),
+    ),
+    (
+        "Fisher-unknown-kind",
+        lambda: FisherOperator(_logits, _CE, W6, (X6, Y6), kind="true"),
+        Raises(ValueError, "valid kinds"),
+    ),
+    (
+        "Fisher-mc-unknown-likelihood",
+        lambda: FisherOperator(_logits, lambda o, t: _CE(o, t), W6, (X6, Y6), kind="mc"),
+        Raises(ValueError, "categorical.*gaussian"),
+    ),
+    (
+        "Fisher-mc-label-smoothing",
+        lambda: FisherOperator(
+            _logits, torch.nn.CrossEntropyLoss(label_smoothing=0.2), W6, (X6, Y6), kind="mc"
+        ),
+        Raises(ValueError, "likelihood"),
+    ),
+    (
+        "Fisher-unknown-likelihood",
+        lambda: FisherOperator(_logits, _CE, W6, (X6, Y6), likelihood="bernoulli"),
+        Raises(ValueError, "valid ones"),
+    ),
+    (
+        "Fisher-mc_samples-0",
+        lambda: FisherOperator(_logits, _CE, W6, (X6, Y6), kind="mc", mc_samples=0),
+        Raises(ValueError, "mc_samples"),
+    ),
+    (
+        "Fisher-mc_samples-float",
+        lambda: FisherOperator(_logits, _CE, W6, (X6, Y6), kind="mc", mc_samples=2.5),
+        Raises(ValueError, "mc_samples"),
+    ),
+    (
+        "Fisher-seed-too-big",
+        lambda: FisherOperator(_logits, _CE, W6, (X6, Y6), kind="mc", seed=2**64),
+        Raises(ValueError, "seed"),
+    ),
+    (
+        "Fisher-gradient_chunk-0",
+        lambda: FisherOperator(_logits, _CE, W6, (X6, Y6), gradient_chunk=0),
+        Raises(ValueError, "gradient_chunk"),
+    ),
+    (
+        "Fisher-loss-summed",
+        lambda: FisherOperator(
+            _logits, torch.nn.MSELoss(reduction="sum"), W6, (X6, torch.zeros(6, 2, dtype=D64))
+        ),
+        Raises(ValueError, "mean over the batch"),
+    ),
+    (
+        "Fisher-mc-reproducible",
+        lambda: FisherOperator(_logits, _CE, W6, (X6, Y6), kind="mc", seed=3).to_dense(),
+        _close(FisherOperator(_logits, _CE, W6, (X6, Y6), kind="mc", seed=3).to_dense(), 1e-14),
+    ),
+    # ---- per-example gradients
+    (
+        "per_example_gradients-ok",
+        lambda: per_example_gradients(_loss, W3, (X6,)),
+        _shape(6, N, dtype=D64),
+    ),
+    (
+        "per_example_gradients-examples-differ",
+        lambda: per_example_gradients(lambda w, X, y: _loss(w, X) * y.sum(), W3, (X6, W3)),
+        Raises(ShapeMismatchError, "same number of examples"),
+    ),
+    (
+        "per_example_gradients-not-reduced",
+        lambda: per_example_gradients(lambda w, X: X @ w, W3, (X6,)),
+        Raises(NonScalarLossError, "reduce it"),
+    ),
+    (
+        "per_example_gradients-chunk_size-0",
+        lambda: per_example_gradients(_loss, W3, (X6,), chunk_size=0),
+        Raises(ValueError, "chunk_size"),
+    ),
+    (
+        "per_example_gradients-in_dims-length",
+        lambda: per_example_gradients(_loss, W3, (X6,), in_dims=(0, None)),
+        Raises(ValueError, "in_dims"),
+    ),
+    (
+        "per_example_gradients-argnums",
+        lambda: per_example_gradients(_loss, W3, (X6,), argnums=5),
+        Raises(ValueError, "argnums"),
+    ),
+    (
+        "per_example_gradients-shared-scalar-without-None",
+        lambda: per_example_gradients(lambda w, X, s: _loss(w, X) * s, W3, (X6, 2.0)),
+        Raises(ShapeMismatchError, "None"),
+    ),
+    (
+        "per_example_gradients-nan-data",
+        lambda: per_example_gradients(_loss, W3, (X6 * NAN,)),
+        Returns(lambda G: None if bool(torch.isnan(G).all()) else _raw(G)),
+    ),
+    (
+        "module_per_example_gradients-ok",
+        lambda: module_per_example_gradients(_model(), _CE, (X6, Y6), chunk_size=4),
+        _shape(6, 2 * N + 2, dtype=D64),
+    ),
+    (
+        "module_per_example_gradients-frozen",
+        lambda: module_per_example_gradients(_model().requires_grad_(False), _CE, (X6, Y6)),
+        Raises(ValueError, "no trainable parameters"),
+    ),
+    # ---- dattri.func.fisher
+    (
+        "dattri.ifvp_at_x_explicit-ok",
+        lambda: dfisher.ifvp_at_x_explicit(_loss, W3, X6, regularization=0.1)(_randn(2, N)),
+        _shape(2, N, dtype=D64),
+    ),
+    (
+        "dattri.ifvp_explicit-ok",
+        lambda: dfisher.ifvp_explicit(_loss, regularization=0.1)((W3, X6), ONES),
+        _shape(N, dtype=D64),
+    ),
+    (
+        "dattri.ifvp_at_x_explicit-examples-differ",
+        lambda: dfisher.ifvp_at_x_explicit(
+            lambda w, X, y: _loss(w, X) * y.sum(), W3, X6, Y6[:4].double()
+        ),
+        Raises(dfisher.IFVPUsageError, "mismatch"),
+    ),
+    (
+        "dattri.ifvp_at_x_explicit-two-argnums",
+        lambda: dfisher.ifvp_at_x_explicit(_loss, W3, X6, argnums=(0, 1)),
+        Raises(dfisher.IFVPUsageError, "one argnums"),
+    ),
+    (
+        "dattri.ifvp_at_x_explicit-no-examples",
+        lambda: dfisher.ifvp_at_x_explicit(lambda w: (w**2).sum(), W3),
+        Raises(dfisher.IFVPUsageError, "example dimension"),
+    ),
+    (
+        "dattri.ifvp_at_x_explicit-wrong-vector",
+        lambda: dfisher.ifvp_at_x_explicit(_loss, W3, X6, regularization=0.1)(torch.ones(N + 1)),
+        Raises(ValueError, "shape|dtype"),
+    ),
+    (
+        "dattri.estimate_covariance-max_iter-0",
+        lambda: dfisher.estimate_covariance(lambda b: b, [(X6,)], {}, max_iter=0),
+        Raises(dfisher.IFVPUsageError, "max_iter"),
+    ),
+    (
+        "dattri.estimate_eigenvector-rows",
+        lambda: (
+            dfisher.estimate_eigenvector({"l": (SPD3, SPD3)})["l"][0]
+            @ SPD3
+            @ dfisher.estimate_eigenvector({"l": (SPD3, SPD3)})["l"][0].T
+        ),
+        _close(torch.diag(torch.linalg.eigvalsh(SPD3))),
+    ),
+)
+
+
+@pytest.mark.parametrize(("run", "expect"), OUTPUT_CURVATURE)
+def test_output_curvature(run, expect):
+    _verify(run, expect)
 
 
 @pytest.mark.parametrize(("run", "expect"), DATTRI)

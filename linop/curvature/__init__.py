@@ -2,7 +2,8 @@
 generic [`DatasetMean`][linop.DatasetMean].
 
 Data flows one way: data source (`linop.data`) → one-batch operator
-([`HessianOperator`][linop.HessianOperator], any [`CurvatureOperator`][linop.CurvatureOperator]) →
+([`HessianOperator`][linop.HessianOperator], [`GGNOperator`][linop.GGNOperator],
+[`FisherOperator`][linop.FisherOperator], any [`CurvatureOperator`][linop.CurvatureOperator]) →
 [`DatasetMean`][linop.DatasetMean] → solvers.
 """
 
@@ -11,6 +12,19 @@ from __future__ import annotations
 from linop.curvature._autodiff import MODES, hvp
 from linop.curvature.base import CurvatureOperator
 from linop.curvature.dataset import DatasetMean
+from linop.curvature.fisher import FisherOperator
+from linop.curvature.ggn import GGNOperator
+from linop.curvature.gradients import module_per_example_gradients, per_example_gradients
 from linop.curvature.hessian import HessianOperator
 
-__all__ = ["MODES", "CurvatureOperator", "DatasetMean", "HessianOperator", "hvp"]
+__all__ = [
+    "MODES",
+    "CurvatureOperator",
+    "DatasetMean",
+    "FisherOperator",
+    "GGNOperator",
+    "HessianOperator",
+    "hvp",
+    "module_per_example_gradients",
+    "per_example_gradients",
+]

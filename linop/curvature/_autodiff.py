@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.func import grad, jvp, vjp, vmap
 
+from linop._tensor import traced
 from linop.errors import (
     DeviceMismatchError,
     DTypeMismatchError,
@@ -18,7 +19,7 @@ from linop.errors import (
 )
 from linop.operator import canonical_device
 
-__all__ = ["MODES", "ColumnChunks", "as_scalar", "check_mode", "hvp"]
+__all__ = ["MODES", "ColumnChunks", "apply_columns", "as_scalar", "check_mode", "hvp"]
 
 #: The automatic-differentiation modes a HessianOperator accepts.
 MODES = ("rev-rev", "rev-fwd")
@@ -140,3 +141,21 @@ class ColumnChunks:
             start += size
         assert out is not None
         return out
+
+
+def apply_columns(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    V: torch.Tensor,
+    chunks: ColumnChunks,
+    chunk_size: int | None,
+    vectorize: bool | None,
+) -> torch.Tensor:
+    """``fn`` (a product with one flat vector) applied to every column of ``V`` ``(n, k)``: one by
+    one for a single column or ``vectorize=False``; on a CPU without a ``chunk_size``, vmapped in
+    the chunks ``chunks`` learns; otherwise vmapped in chunks of ``chunk_size`` (default: all)."""
+    learned = vectorize is None and chunk_size is None and V.device.type == "cpu"
+    if V.shape[1] == 1 or vectorize is False:
+        return torch.stack([fn(V[:, i]) for i in range(V.shape[1])], dim=1)
+    if learned and not traced(V):
+        return chunks.apply(fn, V)
+    return vmap(fn, in_dims=1, out_dims=1, chunk_size=chunk_size)(V)

@@ -34,9 +34,10 @@ from tqdm.auto import tqdm
 
 from linop._checks import integer
 from linop.data import Batch, DataSource, as_source
+from linop.distributed import DEFAULT_TIMEOUT_SECONDS
 from linop.operator import LinearOperator
 
-__all__ = ["DatasetMean"]
+__all__ = ["DatasetMean", "mean_over_batches"]
 
 
 class DatasetMean(LinearOperator):
@@ -133,3 +134,24 @@ class DatasetMean(LinearOperator):
 
     def _repr_args(self) -> str:
         return f"of {type(self.like).__name__}, data={type(self.data).__name__}"
+
+
+def mean_over_batches(
+    build: Callable[[Batch], LinearOperator],
+    batches: Any,
+    *,
+    progress: bool = False,
+    batch_size_of: Callable[[Batch], int] | None = None,
+    process_group: Any = None,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> DatasetMean:
+    """The dataset mean of the one-batch operator ``build(first batch)`` (its ``at`` gives the
+    others) over ``batches``: the plumbing every curvature operator's ``from_batches`` shares
+    (the data source, sharded over ``process_group``; an empty dataset refused)."""
+    source = as_source(
+        batches, examples_in=batch_size_of, process_group=process_group, timeout=timeout
+    )
+    first = next(iter(source), None)
+    if first is None:
+        raise ValueError("the dataset has no batches")
+    return DatasetMean(build(first), source, progress=progress)

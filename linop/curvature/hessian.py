@@ -28,12 +28,19 @@ from typing import Any
 import torch
 from torch.func import grad, jvp, vjp, vmap
 
-from linop._tensor import all_finite, traced
-from linop.curvature._autodiff import MODES, ColumnChunks, as_scalar, check_mode, hvp
+from linop._tensor import all_finite
+from linop.curvature._autodiff import (
+    MODES,
+    ColumnChunks,
+    apply_columns,
+    as_scalar,
+    check_mode,
+    hvp,
+)
 from linop.curvature._module import ModuleLoss, module_point, one_batch
 from linop.curvature.base import CurvatureOperator
-from linop.curvature.dataset import DatasetMean
-from linop.data import TensorBatches, as_source
+from linop.curvature.dataset import DatasetMean, mean_over_batches
+from linop.data import TensorBatches
 from linop.distributed import DEFAULT_TIMEOUT_SECONDS
 from linop.errors import NonFiniteError
 from linop.flat import Tree
@@ -168,14 +175,7 @@ class HessianOperator(CurvatureOperator):
         return self._linearized
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        fn = self._hvp_fn()
-        learned = self.vectorize is None and self.chunk_size is None and V.device.type == "cpu"
-        if V.shape[1] == 1 or self.vectorize is False:
-            out = torch.stack([fn(V[:, i]) for i in range(V.shape[1])], dim=1)
-        elif learned and not traced(V):
-            out = self._chunks.apply(fn, V)
-        else:
-            out = vmap(fn, in_dims=1, out_dims=1, chunk_size=self.chunk_size)(V)
+        out = apply_columns(self._hvp_fn(), V, self._chunks, self.chunk_size, self.vectorize)
         return all_finite(
             out,
             "the Hessian-vector product has NaN or infinite entries: some input of the batch, or "
@@ -260,24 +260,23 @@ class HessianOperator(CurvatureOperator):
                 shards (see [`linop.data.ShardedData`][linop.ShardedData]).
             timeout: seconds a collective waits for the other ranks before it fails.
         """
-        source = as_source(
-            batches, examples_in=batch_size_of, process_group=process_group, timeout=timeout
+        return mean_over_batches(
+            lambda first: cls(
+                func,
+                (*first[:argnums], params, *first[argnums:]),
+                argnums,
+                mode,
+                chunk_size=chunk_size,
+                cache=False,
+                psd=psd,
+                vectorize=vectorize,
+            ),
+            batches,
+            progress=progress,
+            batch_size_of=batch_size_of,
+            process_group=process_group,
+            timeout=timeout,
         )
-        first = next(iter(source), None)
-        if first is None:
-            raise ValueError("the dataset has no batches")
-        primals = (*first[:argnums], params, *first[argnums:])
-        template = cls(
-            func,
-            primals,
-            argnums,
-            mode,
-            chunk_size=chunk_size,
-            cache=False,
-            psd=psd,
-            vectorize=vectorize,
-        )
-        return DatasetMean(template, source, progress=progress)
 
     @classmethod
     def from_data(
