@@ -44,6 +44,15 @@ from linop.errors import (
     ShapeMismatchError,
     SingularOperatorError,
 )
+from linop.estimators import (
+    DiagonalEstimate,
+    SpectralDensity,
+    TraceEstimate,
+    estimate_diagonal,
+    estimate_trace,
+    plot_spectral_density,
+    spectral_density,
+)
 from linop.flat import FlatSpec
 from linop.interop import ScipyOperator, aslinearoperator, to_scipy
 from linop.inverse import (
@@ -80,6 +89,7 @@ __all__ = [
     "DenseMemoryError",
     "DenseOperator",
     "DeviceMismatchError",
+    "DiagonalEstimate",
     "DiagonalOperator",
     "DistributedError",
     "DivergenceError",
@@ -110,13 +120,19 @@ __all__ = [
     "SingularOperatorError",
     "SolveInfo",
     "SolverOptions",
+    "SpectralDensity",
     "StopReason",
     "SumOperator",
     "Tags",
     "TensorBatches",
+    "TraceEstimate",
     "aslinearoperator",
     "as_source",
+    "estimate_diagonal",
+    "estimate_trace",
     "hvp",
+    "plot_spectral_density",
     "solve",
+    "spectral_density",
     "to_scipy",
 ]
