@@ -54,6 +54,15 @@ from linop.errors import (
     ShapeMismatchError,
     SingularOperatorError,
 )
+from linop.estimators import (
+    DiagonalEstimate,
+    SpectralDensity,
+    TraceEstimate,
+    estimate_diagonal,
+    estimate_trace,
+    plot_spectral_density,
+    spectral_density,
+)
 from linop.flat import FlatSpec
 from linop.interop import ScipyOperator, aslinearoperator, to_scipy
 from linop.inverse import (
@@ -91,6 +100,7 @@ __all__ = [
     "DenseMemoryError",
     "DenseOperator",
     "DeviceMismatchError",
+    "DiagonalEstimate",
     "DiagonalOperator",
     "DistributedError",
     "DivergenceError",
@@ -125,15 +135,21 @@ __all__ = [
     "IndefiniteOperatorError",
     "SolveInfo",
     "SolverOptions",
+    "SpectralDensity",
     "StopReason",
     "SumOperator",
     "Tags",
     "TensorBatches",
+    "TraceEstimate",
     "aslinearoperator",
     "as_source",
+    "estimate_diagonal",
+    "estimate_trace",
     "hvp",
     "module_per_example_gradients",
     "per_example_gradients",
+    "plot_spectral_density",
     "solve",
+    "spectral_density",
     "to_scipy",
 ]

@@ -457,6 +457,8 @@ def test_operator_methods_refuse_what_they_do_not_take(factory):
 # ========================================================= 3. constructors and function arguments
 _A = DenseOperator(SPD3)
 _RECT = DenseOperator(_randn(2, N))
+_BIG_SPD = DenseOperator(torch.eye(10, dtype=D64))  # large enough that 3 products are below n
+_SKETCHED = {linop.estimate_trace: "xtrace", linop.estimate_diagonal: "xdiag"}
 
 CONSTRUCTION = _rows(
     # ---- LinearOperator and the structured operators
@@ -716,6 +718,162 @@ CONSTRUCTION = _rows(
         "lanczos.eigh-ok",
         lambda: lanczos_eigh(_A, 1)[0].values,
         _close(torch.linalg.eigvalsh(SPD3)[-1:], 1e-8),
+    ),
+    # ---- estimators: estimate_trace, estimate_diagonal, spectral_density, plot_spectral_density
+    *[
+        row
+        for name, estimate in (
+            ("estimate_trace", linop.estimate_trace),
+            ("estimate_diagonal", linop.estimate_diagonal),
+        )
+        for row in (
+            (
+                f"{name}-rectangular",
+                lambda f=estimate: f(_RECT, 2),
+                Raises(ShapeMismatchError, "square"),
+            ),
+            (
+                f"{name}-a-tensor",
+                lambda f=estimate: f(SPD3, 2),
+                Raises(TypeError, "LinearOperator"),
+            ),
+            (f"{name}-products-0", lambda f=estimate: f(_A, 0), Raises(ValueError, "products")),
+            (
+                f"{name}-products-float",
+                lambda f=estimate: f(_A, 2.0),
+                Raises(ValueError, "integer"),
+            ),
+            (f"{name}-products-nan", lambda f=estimate: f(_A, NAN), Raises(ValueError, "products")),
+            (
+                f"{name}-below-the-minimum",
+                lambda f=estimate: f(_BIG_SPD, 3, _SKETCHED[f]),
+                Raises(ValueError, "needs at least 4 products"),
+            ),
+            (
+                f"{name}-method",
+                lambda f=estimate: f(_A, 3, "exact"),
+                Raises(ValueError, "unknown method"),
+            ),
+            (
+                f"{name}-distribution",
+                lambda f=estimate: f(_A, 3, distribution="sobol"),
+                Raises(ValueError, "'rademacher' or 'gaussian'"),
+            ),
+            (
+                f"{name}-block-size-0",
+                lambda f=estimate: f(_A, 3, block_size=0),
+                Raises(ValueError, "block_size"),
+            ),
+            (
+                f"{name}-seed-out-of-range",
+                lambda f=estimate: f(_A, 3, seed=2**70),
+                Raises(ValueError, "seed"),
+            ),
+            (
+                f"{name}-nan-products",
+                lambda f=estimate: f(_NaNProducts(), N),
+                Raises(NonFiniteError, "NaN or infinite"),
+            ),
+            (
+                f"{name}-nan-products-sampled",
+                lambda f=estimate: f(_NaNProducts(), N - 1, "hutchinson"),
+                Raises(NonFiniteError, "NaN or infinite"),
+            ),
+        )
+    ],
+    (
+        "estimate_trace-exact-at-n",
+        lambda: linop.estimate_trace(_A, N),
+        Returns(
+            lambda t: (
+                None
+                if isinstance(t, linop.TraceEstimate)
+                and abs(t.estimate - float(SPD3.trace())) < 1e-12
+                else _raw(t)
+            )
+        ),
+    ),
+    (
+        "estimate_trace-empty-operator",
+        lambda: linop.estimate_trace(IdentityOperator(0, D64), 1),
+        Returns(lambda t: None if (t.estimate, t.products) == (0.0, 0) else _raw(t)),
+    ),
+    (
+        "estimate_diagonal-exact-at-n",
+        lambda: linop.estimate_diagonal(_A, N),
+        Returns(
+            lambda d: (
+                torch.testing.assert_close(d.estimate, SPD3.diagonal())
+                if isinstance(d, linop.DiagonalEstimate)
+                else _raw(d)
+            )
+        ),
+    ),
+    (
+        "spectral_density-non-symmetric",
+        lambda: linop.spectral_density(DenseOperator(_randn(N, N))),
+        Raises(ValueError, "with_tags"),
+    ),
+    (
+        "spectral_density-rectangular",
+        lambda: linop.spectral_density(_RECT),
+        Raises(ShapeMismatchError, "square"),
+    ),
+    (
+        "spectral_density-a-tensor",
+        lambda: linop.spectral_density(SPD3),
+        Raises(TypeError, "LinearOperator"),
+    ),
+    (
+        "spectral_density-steps-0",
+        lambda: linop.spectral_density(_A, 0),
+        Raises(ValueError, "steps"),
+    ),
+    (
+        "spectral_density-probes-1",
+        lambda: linop.spectral_density(_A, 2, 1),
+        Raises(ValueError, "probes"),
+    ),
+    (
+        "spectral_density-seed",
+        lambda: linop.spectral_density(_A, seed=-1),
+        Raises(ValueError, "seed"),
+    ),
+    (
+        "spectral_density-empty-operator",
+        lambda: linop.spectral_density(IdentityOperator(0, D64)),
+        Raises(ValueError, "non-empty"),
+    ),
+    (
+        "spectral_density-nan-products",
+        lambda: linop.spectral_density(_NaNProducts()),
+        Raises(NonFiniteError, "NaN or infinite"),
+    ),
+    (
+        "SpectralDensity.density-width-0",
+        lambda: linop.spectral_density(_A, 2).density(torch.zeros(2, dtype=D64), 0.0),
+        Raises(ValueError, "width must be a positive number"),
+    ),
+    (
+        "SpectralDensity.grid-points-1",
+        lambda: linop.spectral_density(_A, 2).grid(1),
+        Raises(ValueError, "points"),
+    ),
+    (
+        "spectral_density-ok",
+        lambda: linop.spectral_density(_A, N, 2),
+        Returns(
+            lambda sd: (
+                torch.testing.assert_close(sd.nodes[0].sort().values, torch.linalg.eigvalsh(SPD3))
+                if isinstance(sd, linop.SpectralDensity)
+                else _raw(sd)
+            )
+        ),
+    ),
+    (
+        "plot_spectral_density-not-a-density",
+        lambda: linop.plot_spectral_density(SPD3),
+        Raises(TypeError, "SpectralDensity"),
     ),
     # ---- HessianOperator and its dataset forms
     (
