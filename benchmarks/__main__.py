@@ -8,7 +8,10 @@
 - ``gpu``: the same on CUDA (projection: the Triton kernel against plain torch), without the
   attribution benchmark (a float64 650-parameter model: a CPU job).
 
-``--only NAME`` (repeatable) runs just the named ones, e.g. ``--only attribution``.
+``--only NAME`` (repeatable) runs just the named ones, e.g. ``--only attribution``; two CPU
+benchmarks run only when named: ``many_rhs`` (:mod:`benchmarks.many_rhs`, inverse-Hessian
+products of 100 right-hand sides against dattri, pyDVL and curvlinops, the better part of an hour)
+and ``estimators`` (:mod:`benchmarks.estimators`, trace, diagonal and spectral density).
 
 JSON lines go to ``benchmarks/out/``; ``--publish`` copies them to ``docs/benchmarks/`` and draws
 the plots there (:mod:`benchmarks.plots`).
@@ -19,7 +22,7 @@ from __future__ import annotations
 import argparse
 import shutil
 
-from benchmarks import attribution, hvp, inverse, plots, projection
+from benchmarks import attribution, estimators, hvp, inverse, many_rhs, plots, projection
 from benchmarks._harness import REPO_ROOT
 
 
@@ -30,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["run", "plot"])
     parser.add_argument("--suite", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument(
-        "--only", choices=["hvp", "inverse", "projection", "attribution"], action="append"
+        "--only",
+        choices=["hvp", "inverse", "projection", "attribution", "many_rhs", "estimators"],
+        action="append",
     )
     parser.add_argument("--publish", action="store_true", help="copy results and plots to docs/")
     args = parser.parse_args(argv)
@@ -49,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             projection.main(["--device", device])
         if "attribution" in chosen:
             attribution.main([])
+        if "many_rhs" in chosen:
+            many_rhs.main([])
+        if "estimators" in chosen:
+            estimators.main([])
     if args.publish or args.command == "plot":
         docs = REPO_ROOT / "docs" / "benchmarks"
         docs.mkdir(parents=True, exist_ok=True)
