@@ -4,9 +4,10 @@ the functional Hessian-vector product [`hvp`][linop.hvp]."""
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 import types
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -113,9 +114,12 @@ class ColumnChunks:
     the caches it slows down again. The best chunk depends on the model, the batch and the
     machine (to materialise the Hessian of a 7850-parameter model on 4 examples, forward over
     reverse: 5.2 s with chunks of 8 columns, 0.67 s with 256, 0.78 s with 1024; on larger models
-    and batches the best chunks measured were 8 to 64). So it keeps the best time per column
-    seen for each chunk size it used (a call with fewer columns than the chunk measures its own
-    size), starts at ``start`` columns, tries the double of the best size (up to ``limit`` and
+    and batches the best chunks measured were 8 to 64). So it keeps the time per column
+    of each chunk size it used (the median of its last 5 products: a stall now and then does not
+    count, stalls that come with a size do — with more torch threads than free cores, every
+    product waits for a descheduled thread, and the rare product that escapes it must not make
+    small chunks look fast; a call with fewer columns than the chunk measures its own size),
+    starts at ``start`` columns, tries the double of the best size (up to ``limit`` and
     to the columns of the call), then its half, while untried, and otherwise keeps the best
     (see `best`: among quick products, a larger size wins near-ties).
 
@@ -141,8 +145,9 @@ class ColumnChunks:
 
     def __init__(self, start: int = 32, limit: int = 8192, explore: int = 8) -> None:
         self.size, self.limit, self.explore = start, limit, explore
-        self.seconds: dict[int, float] = {}  # chunk size -> best time per column seen
+        self.seconds: dict[int, float] = {}  # chunk size -> time per column (recent median)
         self.samples: dict[int, int] = {}  # chunk size -> products timed
+        self._recent: dict[int, deque[float]] = {}  # chunk size -> its latest timings
         self.products = self.calls = 0
 
     def best(self) -> int:
@@ -189,7 +194,9 @@ class ColumnChunks:
             per_column = (time.perf_counter() - began) / size
             self.products += 1
             if self.products > 1:  # the first pays one-time costs
-                self.seconds[size] = min(self.seconds.get(size, per_column), per_column)
+                recent = self._recent.setdefault(size, deque(maxlen=5))
+                recent.append(per_column)
+                self.seconds[size] = statistics.median(recent)
                 self.samples[size] = self.samples.get(size, 0) + 1
                 self.size = self._next(k)
             start += size
