@@ -3,8 +3,12 @@ the functional Hessian-vector product [`hvp`][linop.hvp]."""
 
 from __future__ import annotations
 
+import functools
+import statistics
 import time
-from collections.abc import Callable
+import types
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
@@ -19,7 +23,16 @@ from linop.errors import (
 )
 from linop.operator import canonical_device
 
-__all__ = ["MODES", "ColumnChunks", "apply_columns", "as_scalar", "check_mode", "hvp"]
+__all__ = [
+    "MODES",
+    "ColumnChunks",
+    "apply_columns",
+    "as_scalar",
+    "check_mode",
+    "hvp",
+    "problem_key",
+    "shared_chunks",
+]
 
 #: The automatic-differentiation modes a HessianOperator accepts.
 MODES = ("rev-rev", "rev-fwd")
@@ -103,28 +116,73 @@ class ColumnChunks:
     the caches it slows down again. The best chunk depends on the model, the batch and the
     machine (to materialise the Hessian of a 7850-parameter model on 4 examples, forward over
     reverse: 5.2 s with chunks of 8 columns, 0.67 s with 256, 0.78 s with 1024; on larger models
-    and batches the best chunks measured were 8 to 64). So it keeps the best time per column
-    seen for each chunk size it used (a call with fewer columns than the chunk measures its own
-    size), starts at ``start`` columns, tries the double of the best size (up to ``limit`` and
-    to the columns of the call), then its half, while untried, and otherwise keeps the best;
-    copies of the operator (its other batches) share what was learned.
+    and batches the best chunks measured were 8 to 64). So it keeps the time per column
+    of each chunk size it used (the median of its last 5 products: a stall now and then does not
+    count, stalls that come with a size do — with more torch threads than free cores, every
+    product waits for a descheduled thread, and the rare product that escapes it must not make
+    small chunks look fast; a call with fewer columns than the chunk measures its own size),
+    starts at ``start`` columns, tries the double of the best size (up to ``limit`` and
+    to the columns of the call), then its half, while untried, and otherwise keeps the best
+    (see `best`: among quick products, a larger size wins near-ties).
+
+    Two rules keep it from settling on a wrong size: the first product is not timed (it pays
+    one-time costs, up to 25 times a product's own time), and every ``explore``-th call re-times
+    the less measured neighbour of the best (one noisy timing must not decide for good). As the
+    double is capped at the call's columns, a call is tried in one product too. Copies of the
+    operator (its other batches) share what was learned, and so do new operators of the same
+    loss and shapes (see [`shared_chunks`][linop.curvature._autodiff.shared_chunks]).
+
+    Example:
+        >>> chunks = ColumnChunks(start=4)
+        >>> fn = lambda v: 2 * v
+        >>> chunks.apply(fn, torch.ones(3, 7)).shape       # 4 (not timed) + 3
+        torch.Size([3, 7])
+        >>> sorted(chunks.seconds)                          # the 3 columns timed
+        [3]
     """
 
-    def __init__(self, start: int = 32, limit: int = 8192) -> None:
-        self.size, self.limit = start, limit
-        self.seconds: dict[int, float] = {}  # chunk size -> best time per column seen
+    #: a product this short (seconds) is mostly overhead; sizes of such products within
+    #: ``tolerance`` of the best time per column count as equal, the largest winning
+    quick, tolerance = 0.005, 1.1
+
+    def __init__(self, start: int = 32, limit: int = 8192, explore: int = 8) -> None:
+        self.size, self.limit, self.explore = start, limit, explore
+        self.seconds: dict[int, float] = {}  # chunk size -> time per column (recent median)
+        self.samples: dict[int, int] = {}  # chunk size -> products timed
+        self._recent: dict[int, deque[float]] = {}  # chunk size -> its latest timings
+        self.products = self.calls = 0
+
+    def best(self) -> int:
+        """The size with the least time per column seen, or a larger one within ``tolerance``
+        of it whose products are quick (under ``quick`` seconds): where a product costs little
+        more than its fixed overhead, fewer products win, and timings that close are noise."""
+        least = min(self.seconds.values())
+        close = [
+            size
+            for size, t in self.seconds.items()
+            if t == least or (t <= self.tolerance * least and t * size < self.quick)
+        ]
+        return max(close)
+
+    def _near(self, columns: int) -> tuple[int, list[int]]:
+        """The best size so far and its neighbours: its double (at most the call's
+        ``columns``) and its half."""
+        best = self.best()
+        near = (min(2 * best, self.limit, columns), best // 2)
+        return best, [size for size in near if 1 <= size != best]
 
     def _next(self, columns: int) -> int:
-        """The best size so far, or its double (if the calls have that many ``columns``), then
-        its half, while untried."""
-        best = min(self.seconds, key=self.seconds.__getitem__)
-        for size in (min(2 * best, self.limit), best // 2):
-            if 1 <= size <= columns and size not in self.seconds:
-                return size
-        return best
+        """The best size so far, or its double, then its half, while untried."""
+        best, near = self._near(columns)
+        return next((size for size in near if size not in self.seconds), best)
 
     def apply(self, fn: Callable[[torch.Tensor], torch.Tensor], V: torch.Tensor) -> torch.Tensor:
         """``fn`` applied to every column of ``V`` ``(n, k)``, vmapped in chunks."""
+        self.calls += 1
+        if self.seconds and self.calls % self.explore == 0:  # time a neighbour again
+            near = self._near(V.shape[1])[1]
+            if near:
+                self.size = min(near, key=lambda size: self.samples.get(size, 0))
         k, start = V.shape[1], 0
         out: torch.Tensor | None = None
         while start < k:
@@ -136,8 +194,13 @@ class ColumnChunks:
             if part is not out:
                 out[:, start : start + size] = part
             per_column = (time.perf_counter() - began) / size
-            self.seconds[size] = min(self.seconds.get(size, per_column), per_column)
-            self.size = self._next(k)
+            self.products += 1
+            if self.products > 1:  # the first pays one-time costs
+                recent = self._recent.setdefault(size, deque(maxlen=5))
+                recent.append(per_column)
+                self.seconds[size] = statistics.median(recent)
+                self.samples[size] = self.samples.get(size, 0) + 1
+                self.size = self._next(k)
             start += size
         assert out is not None
         return out
@@ -159,3 +222,91 @@ def apply_columns(
     if learned and not traced(V):
         return chunks.apply(fn, V)
     return vmap(fn, in_dims=1, out_dims=1, chunk_size=chunk_size)(V)
+
+
+#: Learned chunk sizes by problem (see `shared_chunks`), least recently used first.
+_SHARED_CHUNKS: OrderedDict[Hashable, ColumnChunks] = OrderedDict()
+_SHARED_CHUNKS_MAX = 64
+
+
+def shared_chunks(key: Hashable | None, start: int) -> ColumnChunks:
+    """The [`ColumnChunks`][linop.curvature._autodiff.ColumnChunks] learned for the problem
+    ``key`` (a new one for ``None``).
+
+    Code that builds one operator per call (dattri's attributors build a Hessian per batch
+    and per test batch) would otherwise re-learn the chunk size, splitting its products in
+    the meantime, on every call. The key (see `problem_key`) names the loss's code and the
+    shapes, dtypes and devices of everything it is applied to, which is what a product's cost
+    depends on; the memo keeps the 64 most recently used problems. It holds timings only, never
+    tensors or functions, and only decides how columns are grouped into products.
+    """
+    if key is None:
+        return ColumnChunks(start)
+    key = (key, start)
+    chunks = _SHARED_CHUNKS.get(key)
+    if chunks is None:
+        chunks = _SHARED_CHUNKS[key] = ColumnChunks(start)
+        while len(_SHARED_CHUNKS) > _SHARED_CHUNKS_MAX:
+            _SHARED_CHUNKS.popitem(last=False)
+    else:
+        _SHARED_CHUNKS.move_to_end(key)
+    return chunks
+
+
+def problem_key(func: Any, *data: Any) -> Hashable | None:
+    """A hashable description of ``func`` applied to ``data`` for
+    [`shared_chunks`][linop.curvature._autodiff.shared_chunks], or None if it has no stable one.
+
+    Functions are described by their code and what their closures and ``functools.partial``
+    arguments hold; tensors by shape, dtype and device (never values); containers by their
+    items; other callables by their type and identity; other values by their type.
+
+    Example:
+        >>> f = lambda t, x: (t * x).sum()
+        >>> problem_key(f, torch.ones(2)) == problem_key(f, torch.zeros(2))
+        True
+        >>> problem_key(f, torch.ones(2)) == problem_key(f, torch.ones(3))
+        False
+    """
+    try:
+        return (_describe(func, 0), _describe(data, 0))
+    except RecursionError:  # pragma: no cover - a self-referencing structure
+        return None
+
+
+def _describe(obj: Any, depth: int) -> Hashable:
+    if isinstance(obj, torch.Tensor):
+        return ("tensor", tuple(obj.shape), obj.dtype, canonical_device(obj.device))
+    if depth > 4:
+        return (type(obj),)
+    if isinstance(obj, (tuple, list, dict)) and len(obj) > 64:
+        return (type(obj), len(obj))  # a long container: its length, for a cheap key
+    if isinstance(obj, (tuple, list)):
+        return (type(obj), tuple(_describe(item, depth + 1) for item in obj))
+    if isinstance(obj, dict):
+        return (dict, tuple((k, _describe(v, depth + 1)) for k, v in obj.items() if _plain(k)))
+    if isinstance(obj, functools.partial):
+        return (functools.partial, _describe((obj.func, obj.args, obj.keywords), depth + 1))
+    if isinstance(obj, types.MethodType):
+        return (types.MethodType, _describe(obj.__func__, depth + 1), type(obj.__self__))
+    if isinstance(obj, types.FunctionType):  # its code, and what its closure holds
+        cells = obj.__closure__ or ()
+        return (
+            obj.__code__,
+            tuple(_describe(c.cell_contents, depth + 1) for c in cells if _filled(c)),
+        )
+    if callable(obj) and not isinstance(obj, type):
+        return (type(obj), id(obj))  # a module, a loss object: this very one
+    return (type(obj),)
+
+
+def _plain(key: Any) -> bool:
+    return isinstance(key, (str, int, float, bool, type(None)))
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises
+    except ValueError:
+        return False
+    return True

@@ -31,11 +31,12 @@ from torch.func import grad, jvp, vjp, vmap
 from linop._tensor import all_finite
 from linop.curvature._autodiff import (
     MODES,
-    ColumnChunks,
     apply_columns,
     as_scalar,
     check_mode,
     hvp,
+    problem_key,
+    shared_chunks,
 )
 from linop.curvature._module import ModuleLoss, module_point, one_batch
 from linop.curvature.base import CurvatureOperator
@@ -69,9 +70,11 @@ class HessianOperator(CurvatureOperator):
         psd: the caller vouches that the Hessian is positive semi-definite (e.g. a convex loss).
         vectorize: apply the columns of ``V`` with ``vmap`` (True) or one by one (False).
             Default: vmap; on a CPU without a ``chunk_size``, in chunks whose size is learned
-            from the first products (``ColumnChunks``: from 8 columns, doubled while the time
-            per column falls), since the best chunk ranged from 8 to 512 over the models
-            measured, and a wrong one cost up to 13 times the time.
+            from the products' timings (``ColumnChunks``: from 32 columns, doubled or halved
+            while the time per column falls; fewer than twice a chunk in one product), since the
+            best chunk ranged from 8 to 512 over the models measured, and a wrong one cost up to
+            13 times the time. What is learned is shared with new operators of the same loss,
+            shapes and mode, so code that builds one per call does not learn it again.
 
     The operator is square, ``(n, n)`` with ``n`` the number of entries of the point, symmetric,
     and shares the point's dtype and device. `spec` turns flat vectors into the point's
@@ -116,8 +119,12 @@ class HessianOperator(CurvatureOperator):
         self.chunk_size = chunk_size
         self.cache_linearization = cache
         self.vectorize = vectorize
-        self._chunks = ColumnChunks()  # shared with the operator at other batches (see `at`)
-        self._dense_chunks = ColumnChunks(start=256)  # to_dense, by forward over reverse
+        # learned chunk sizes, shared with the operator at other batches (see `at`) and with
+        # operators of the same loss, shapes and options (built per call by some code)
+        problem = problem_key(func, primals)
+        key = None if problem is None else (problem, argnums, mode)
+        self._chunks = shared_chunks(key, start=32)
+        self._dense_chunks = shared_chunks(key, start=256)  # to_dense, by forward over reverse
         self._dense_forward = True  # whether the loss has forward-mode derivatives
         self._check()
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from linop._checks import non_negative, positive_int
+from linop._tensor import finite
 from linop._warn import warn
 from linop.errors import NegativeCurvatureWarning, NonFiniteError, SingularOperatorError
 from linop.inverse.base import SolveInfo, SolverOptions, StopReason, Strategy, register
@@ -63,7 +64,7 @@ class ExplicitStrategy(Strategy):
         A = self.operator
         o = self.options
         M = A.to_dense(force=o.force, max_bytes=o.max_bytes, chunk_size=o.chunk_size)
-        if not bool(torch.isfinite(M).all()):
+        if not finite(M):
             raise NonFiniteError(
                 f"the matrix of {A!r} has NaN or infinite entries: it cannot be factorised"
             )

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from linop._tensor import traced
+from linop._tensor import finite, traced
 from linop.errors import NonFiniteError, ShapeMismatchError
 from linop.inverse import arnoldi, cg, explicit, lissa, nystrom  # noqa: F401 - they register the methods
 from linop.inverse.base import METHODS, SolveInfo, SolverOptions, StopReason, Strategy
@@ -127,7 +127,7 @@ class InverseOperator(LinearOperator):
         return self._solve(B)
 
     def _solve(self, B: torch.Tensor) -> torch.Tensor:
-        if not bool(torch.isfinite(B).all()):
+        if not finite(B):
             raise NonFiniteError("the right-hand side contains NaN or infinite entries")
         start = time.perf_counter()
         setup_hvps = self.strategy.setup()
