@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 
+import linop
 from benchmarks import _mlp_problems as problems
+from benchmarks._digits import limit_threads
 from benchmarks._harness import REPO_ROOT, source_info, write_jsonl
 from benchmarks._rhs_references import timed
 
@@ -35,15 +37,17 @@ QUICK = {
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
-    import linop
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny MLP, 3 seeds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    with limit_threads(args.threads):  # restored afterwards (the tests run this in-process)
+        return _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
     config = QUICK if args.quick else FULL
-    torch.set_num_threads(args.threads)
     problem = problems.make_problem("digits", **config["problem"])
     model = problems.build_model(problem["sizes"], problem["state"])
     H = linop.HessianOperator.from_module(

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from benchmarks import _mlp_problems as problems
+from benchmarks._digits import limit_threads
 from benchmarks._harness import (
     DATTRI_REF,
     REPO_ROOT,
@@ -256,10 +257,14 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    with limit_threads(args.threads):  # restored afterwards (the tests run this in-process)
+        return _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
     config = QUICK if args.quick else FULL
     chosen = args.problems.split(",") if args.problems else list(config["problems"])
     libraries = args.libraries.split(",")
-    torch.set_num_threads(args.threads)
     records, lines, results = [], [], {}
     for name in chosen:
         spec = dict(config["problems"][name])
