@@ -39,7 +39,8 @@ def test_every_method_has_a_row(quick):
     for name in bench.OURS:
         assert name in methods
     assert "pydvl" in methods  # the unavailable library, one row per λ
-    assert "curvlinops 3 CG inverse" in methods
+    # curvlinops is not a test dependency (installing it upgrades torch): a row either way
+    assert "curvlinops 3 CG inverse" in methods or "curvlinops" in methods
 
 
 def test_plain_cg_reaches_the_tightest_target_and_errors_fall(quick):
