@@ -147,11 +147,7 @@ class CGStrategy(Strategy):
             X, R, iters, curvature, more = block_cg(
                 A, R, X, M, threshold, floor, maxiter, o.indefinite, o.progress
             )
-            recursive = R.norm(dim=0)
-            R = B - A._matmat(X)
-            return X, self._info(
-                R, recursive, bnorm, threshold, floor, iters, curvature, hvps + more + k
-            )
+            return X, self._info(B, X, R, bnorm, threshold, floor, iters, curvature, hvps + more)
         Z = M(R) if M else R
         P = Z.clone()
         rz = (R * Z).sum(0)
@@ -209,9 +205,7 @@ class CGStrategy(Strategy):
                 )
             active = [i for i, on in enumerate(state[:-1]) if on]
         bar.close()
-        recursive = R.norm(dim=0)
-        R = B - A._matmat(X)  # the true residual: rounding makes the recursive one drift
-        return X, self._info(R, recursive, bnorm, threshold, floor, iters, curvature, hvps + k)
+        return X, self._info(B, X, R, bnorm, threshold, floor, iters, curvature, hvps)
 
     def _initial(self, B: torch.Tensor) -> torch.Tensor:
         x0 = self.options.x0
@@ -231,8 +225,9 @@ class CGStrategy(Strategy):
 
     def _info(
         self,
+        B: torch.Tensor,
+        X: torch.Tensor,
         R: torch.Tensor,
-        recursive: torch.Tensor,
         bnorm: torch.Tensor,
         threshold: torch.Tensor,
         floor: torch.Tensor,
@@ -240,6 +235,12 @@ class CGStrategy(Strategy):
         curvature: torch.Tensor,
         hvps: int,
     ) -> SolveInfo:
+        """The report of a solve from its recursive residuals ``R``; the true residual
+        ``B − AX`` is computed here (one more product per column): rounding makes the recursive
+        one drift."""
+        recursive = R.norm(dim=0)
+        R = B - self.operator._matmat(X)
+        hvps += B.shape[1]
         rnorm = R.norm(dim=0)
         converged = (rnorm <= threshold) & ~curvature
         drifted = (recursive <= threshold.maximum(floor)) & ~converged & ~curvature
