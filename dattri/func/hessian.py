@@ -263,9 +263,16 @@ def ihvp_at_x_cg(
     H = _operator(func, x, argnums, mode)
 
     # dattri starts from x0 = v and stops on the absolute residual norm ``tol``, and, as plain
-    # CG, goes on through negative curvature (Hessians away from a minimum)
+    # CG, goes on through negative curvature (Hessians away from a minimum); it reports nothing,
+    # so the product of the true residual at the end is not spent
     inv = H.regularize(regularization).inverse(
-        "cg", x0=_same, maxiter=max_iter, rtol=0.0, atol=tol, indefinite=True
+        "cg",
+        x0=_same,
+        maxiter=max_iter,
+        rtol=0.0,
+        atol=tol,
+        indefinite=True,
+        true_residual=False,
     )
 
     def solve(v: Tensor) -> Tensor:

@@ -7,7 +7,8 @@ issued), or at ``maxiter`` (a [`ConvergenceWarning`][linop.errors.ConvergenceWar
 becomes NaN: a column whose residual reaches exactly zero is simply done.
 
 Stopped columns are frozen on the device by masks; every ``check_every`` iterations the active set
-is read on the host (one sync) and the products shrink to the still-active columns.
+is read on the host (one sync) and, when it has changed, the state is compacted so the products
+shrink to the still-active columns.
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ class CGOptions(SolverOptions):
             of a product, so many related right-hand sides need far fewer products in all;
             each iteration applies the operator to as many directions as columns still
             iterate. With one column it is plain CG.
+        true_residual: judge and report each column by its true residual ``‖b − Ax‖``,
+            computed at the end (one more product per column): the recursive residual CG
+            updates drifts from it by rounding. False reports the recursive residual and
+            saves that product, for callers that do not read ``info`` (short fixed-budget
+            solves such as dattri's).
     """
 
     method = "cg"
@@ -83,6 +89,7 @@ class CGOptions(SolverOptions):
     progress: bool = False
     indefinite: bool = False
     block: bool = False
+    true_residual: bool = True
 
     def validate(self) -> None:
         non_negative("rtol", self.rtol)
@@ -148,62 +155,72 @@ class CGStrategy(Strategy):
                 A, R, X, M, threshold, floor, maxiter, o.indefinite, o.progress
             )
             return X, self._info(B, X, R, bnorm, threshold, floor, iters, curvature, hvps + more)
-        Z = M(R) if M else R
-        P = Z.clone()
-        rz = (R * Z).sum(0)
-        live = R.norm(dim=0) > threshold  # device mask of columns still iterating
-        curvature = torch.zeros(k, dtype=torch.bool, device=B.device)
+        # The columns still iterating are kept compact (``cols``: their indices in ``B``) so each
+        # iteration works on whole tensors; a column that stops inside a stretch of ``every``
+        # iterations is frozen by the mask ``on``, and the state is written back and compacted
+        # only when the active set is read on the host and has changed.
+        cols = torch.nonzero(R.norm(dim=0) > threshold).flatten()
+        Xa, Ra = X[:, cols], R[:, cols]
+        Pa = M(Ra) if M else Ra.clone()
+        rz = (Ra * Pa).sum(0)
+        th, fl = threshold[cols], floor[cols]
+        m = cols.numel()
+        on = torch.ones(m, dtype=torch.bool, device=B.device)
         # the largest Rayleigh quotient pᵀAp/pᵀp seen per column: curvature below eps^1.5 times it
         # is zero to working precision (a singular operator: there it is ~eps² times it, and a
         # step would overflow), while a positive definite one resolvable in the dtype stays above
         # (in float32 at least: half-precision pᵀp underflows long before the iteration is done)
         acc = torch.promote_types(B.dtype, torch.float32)
-        top = torch.zeros(k, dtype=acc, device=B.device)
+        top = torch.zeros(m, dtype=acc, device=B.device)
         eps = torch.finfo(B.dtype).eps ** 1.5
         iters = torch.zeros(k, dtype=torch.long, device=B.device)
-        nonfinite = torch.zeros(k, dtype=torch.bool, device=B.device)
-        active = torch.nonzero(live).flatten().tolist()
+        curvature = torch.zeros(k, dtype=torch.bool, device=B.device)
+        it_a = torch.zeros(m, dtype=torch.long, device=B.device)
+        curv_a = torch.zeros(m, dtype=torch.bool, device=B.device)
+        nonfinite = torch.zeros(m, dtype=torch.bool, device=B.device)
         bar = tqdm(total=maxiter, desc="CG", disable=not o.progress, leave=False)
         it = 0
-        while active and it < maxiter:
-            idx = torch.tensor(active, device=B.device)
+        while m and it < maxiter:
             for _ in range(min(every, maxiter - it)):
-                P_a = P.index_select(1, idx)
-                AP = A._matmat(P_a)
-                hvps += len(active)
-                pAp = (P_a.to(acc) * AP.to(acc)).sum(0)
-                pp = P_a.to(acc).square().sum(0)
+                AP = A._matmat(Pa)
+                hvps += m
+                pAp = (Pa.to(acc) * AP.to(acc)).sum(0)
+                pp = Pa.to(acc).square().sum(0)
                 rq = torch.nan_to_num(pAp / pp.clamp_min(torch.finfo(pp.dtype).tiny)).abs()
-                top[idx] = torch.maximum(top[idx], rq)
-                on = live[idx]
+                top = torch.maximum(top, rq)
                 curv = pAp.abs() if o.indefinite else pAp
-                bad = on & ~(curv > eps * top[idx] * pp)  # non-positive (or non-finite) curvature
-                nonfinite[idx] |= on & ~torch.isfinite(pAp)
-                curvature[idx] |= bad
+                bad = on & ~(curv > eps * top * pp)  # non-positive (or non-finite) curvature
+                nonfinite |= on & ~torch.isfinite(pAp)
+                curv_a |= bad
                 on = on & ~bad
-                alpha = torch.where(on, rz[idx] / torch.where(on, pAp, 1), 0).to(B.dtype)
-                X[:, idx] += alpha * P_a
-                R_a = R.index_select(1, idx) - alpha * AP
-                R[:, idx] = R_a
-                iters[idx] += on.long()
-                rn = R_a.norm(dim=0)
-                done = (rn <= threshold[idx]) | (rn <= floor[idx])
-                on = on & ~done
-                live[idx] = on
-                Z_a = M(R_a) if M else R_a
-                rz_new = (R_a * Z_a).sum(0)
-                beta = torch.where(on, rz_new / torch.where(on, rz[idx], 1), 0)
-                P[:, idx] = Z_a + beta * P_a
-                rz[idx] = torch.where(on, rz_new, rz[idx])
+                alpha = torch.where(on, rz / torch.where(on, pAp, 1), 0).to(B.dtype)
+                Xa = Xa + alpha * Pa
+                Ra = Ra - alpha * AP
+                it_a += on.long()
+                rn = Ra.norm(dim=0)
+                on = on & ~((rn <= th) | (rn <= fl))
+                Za = M(Ra) if M else Ra
+                rz_new = (Ra * Za).sum(0)
+                beta = torch.where(on, rz_new / torch.where(on, rz, 1), 0)
+                Pa = Za + beta * Pa
+                rz = torch.where(on, rz_new, rz)
                 it += 1
             bar.update(min(every, bar.total - bar.n))
-            state = torch.cat([live, nonfinite.any().reshape(1)]).tolist()  # one host transfer
+            state = torch.cat([on, nonfinite.any().reshape(1)]).tolist()  # one host transfer
             if state[-1]:
                 raise NonFiniteError(
                     f"CG met NaN or infinite values in {int(nonfinite.sum())} column(s): the "
                     f"products of {A!r} (or its preconditioner) are not finite"
                 )
-            active = [i for i, on in enumerate(state[:-1]) if on]
+            if not all(state[:-1]):  # columns stopped: write them back, go on with the rest
+                X[:, cols], R[:, cols], iters[cols], curvature[cols] = Xa, Ra, it_a, curv_a
+                keep = on.nonzero().flatten()
+                cols, m = cols[keep], keep.numel()
+                Xa, Ra, Pa, rz, th, fl = (t[..., keep] for t in (Xa, Ra, Pa, rz, th, fl))
+                on, top, it_a, curv_a, nonfinite = (
+                    t[keep] for t in (on, top, it_a, curv_a, nonfinite)
+                )
+        X[:, cols], R[:, cols], iters[cols], curvature[cols] = Xa, Ra, it_a, curv_a
         bar.close()
         return X, self._info(B, X, R, bnorm, threshold, floor, iters, curvature, hvps)
 
@@ -235,13 +252,14 @@ class CGStrategy(Strategy):
         curvature: torch.Tensor,
         hvps: int,
     ) -> SolveInfo:
-        """The report of a solve from its recursive residuals ``R``; the true residual
-        ``B − AX`` is computed here (one more product per column): rounding makes the recursive
-        one drift."""
-        recursive = R.norm(dim=0)
-        R = B - self.operator._matmat(X)
-        hvps += B.shape[1]
-        rnorm = R.norm(dim=0)
+        """The report of a solve from its recursive residuals ``R``; with ``true_residual`` the
+        true residual ``B − AX`` is computed here (one more product per column): rounding makes
+        the recursive one drift."""
+        recursive = rnorm = R.norm(dim=0)
+        if self.options.true_residual:
+            R = B - self.operator._matmat(X)
+            hvps += B.shape[1]
+            rnorm = R.norm(dim=0)
         converged = (rnorm <= threshold) & ~curvature
         drifted = (recursive <= threshold.maximum(floor)) & ~converged & ~curvature
         residuals = rnorm / torch.where(bnorm > 0, bnorm, 1)

@@ -212,3 +212,37 @@ def test_cg_x0_may_be_a_function_of_the_right_hand_sides():
         A.inverse("cg", x0=torch.zeros(9, dtype=D64)) @ B
     with pytest.raises(TypeError, match="x0"):
         A.inverse("cg", x0="zeros")
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_columns_that_stop_at_different_times_get_their_own_solves(every):
+    # columns leave the batch at different iterations (one at once, one early, the rest late):
+    # each must end as it would alone, whatever the compaction of the active set
+    M = _spd(40, 5, 1e-2, 1.0)
+    A = DenseOperator(M, Tags(psd=True))
+    B = torch.randn(40, 5, dtype=D64, generator=_gen(3))
+    B[:, 1] = 0.0
+    B[:, 3] = torch.linalg.eigh(M)[1][:, [4, 30]].sum(1)  # two eigenvectors: two steps
+    inv = A.inverse("cg", rtol=1e-9, check_every=every)
+    X = inv @ B
+    for j in range(5):
+        alone = A.inverse("cg", rtol=1e-9, check_every=every)
+        x = alone @ B[:, j]
+        assert_close(X[:, j], x, 1e-12)
+        assert int(inv.info.iterations[j]) == int(alone.info.iterations[0])
+    iters = inv.info.iterations.tolist()
+    assert iters[1] == 0 and iters[3] < min(iters[0], iters[2], iters[4])
+    assert_close(A @ X, B, 1e-7)
+
+
+def test_true_residual_false_saves_one_product_per_column_and_reports_the_recursive_one():
+    A = DenseOperator(_spd(30, 6), Tags(psd=True))
+    B = torch.randn(30, 4, dtype=D64, generator=_gen(5))
+    checked = A.inverse("cg", rtol=1e-8)
+    unchecked = A.inverse("cg", rtol=1e-8, true_residual=False)
+    X1, X2 = checked @ B, unchecked @ B
+    assert torch.equal(X1, X2)
+    assert unchecked.info.hvps == checked.info.hvps - 4
+    assert unchecked.info.converged.all() and (unchecked.info.residuals <= 1e-8).all()
+    true = (B - A @ X2).norm(dim=0) / B.norm(dim=0)
+    assert_close(unchecked.info.residuals, true, 1e-6)  # recursive ≈ true here
