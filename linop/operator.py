@@ -292,11 +292,13 @@ class LinearOperator:
         """``A + shift * I`` as a [`RegularizedOperator`][linop.RegularizedOperator]."""
         return _algebra.RegularizedOperator(self, shift)
 
-    def inverse(self, method: Any = "cg", **options: Any) -> LinearOperator:
+    def inverse(self, method: Any = None, **options: Any) -> LinearOperator:
         """The lazy inverse ``A⁻¹`` by ``method`` (``"explicit"``, ``"cg"``, ``"arnoldi"``,
-        ``"lissa"``, or a typed options object such as ``CGOptions(rtol=1e-6)``); see
-        [`InverseOperator`][linop.InverseOperator] for the options. Unknown or invalid options
-        raise here, listing the valid ones.
+        ``"lissa"``, ``"nystrom"``, ``"eigen"``, or a typed options object such as
+        ``CGOptions(rtol=1e-6)``); see [`InverseOperator`][linop.InverseOperator] for the
+        options. Unknown or invalid options raise here, listing the valid ones. None (the
+        default) is ``"eigen"`` for an operator that knows its eigendecomposition (K-FAC,
+        EK-FAC, and their shifts ``K + λI``) and ``"cg"`` otherwise.
 
         Set-up work runs once, on the first product, and is reused for every right-hand side.
         """

@@ -61,6 +61,8 @@ from linop import (
     DistributedError,
     DivergenceError,
     DTypeMismatchError,
+    EigenOptions,
+    EKFACOperator,
     ExplicitOptions,
     FisherOperator,
     FlatSpec,
@@ -69,6 +71,7 @@ from linop import (
     IdentityOperator,
     IndefiniteOperatorError,
     InverseOperator,
+    KFACOperator,
     LinearOperator,
     LissaOptions,
     LoaderData,
@@ -227,6 +230,12 @@ def _dataset_mean() -> DatasetMean:
     return DatasetMean(one, [(X6[:3],), (X6[3:],)])
 
 
+def _nan_rows(X: torch.Tensor) -> torch.Tensor:
+    X = X.clone()
+    X[0, 0] = NAN
+    return X
+
+
 def _nan_vector(n: int = N) -> torch.Tensor:
     v = torch.ones(n, dtype=D64)
     v[0] = NAN
@@ -360,6 +369,15 @@ OPERATORS.update(
             _model(),
             _CE,
             torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X6, Y6), batch_size=4),
+        ),
+        "KFACOperator.from_module": lambda: KFACOperator.from_module(_model(), _CE, (X6, Y6)),
+        "EKFACOperator.from_module-batches": lambda: EKFACOperator.from_module(
+            _model(), _CE, [(X6[:4], Y6[:4]), (X6[4:], Y6[4:])], kind="type2"
+        ),
+        "KFACOperator-eigen-inverse": lambda: (
+            KFACOperator.from_module(_model(), _CE, (X6, Y6))
+            .regularize(0.1)
+            .inverse(EigenOptions())
         ),
     }
 )
@@ -3311,6 +3329,91 @@ OUTPUT_CURVATURE = _rows(
         "Fisher-mc-reproducible",
         lambda: FisherOperator(_logits, _CE, W6, (X6, Y6), kind="mc", seed=3).to_dense(),
         _close(FisherOperator(_logits, _CE, W6, (X6, Y6), kind="mc", seed=3).to_dense(), 1e-14),
+    ),
+    # ---- K-FAC and EK-FAC
+    (
+        "KFAC-unknown-kind",
+        lambda: KFACOperator.from_module(_model(), _CE, (X6, Y6), kind="true"),
+        Raises(ValueError, "valid kinds"),
+    ),
+    (
+        "KFAC-mc_samples-0",
+        lambda: KFACOperator.from_module(_model(), _CE, (X6, Y6), mc_samples=0),
+        Raises(ValueError, "mc_samples"),
+    ),
+    (
+        "KFAC-seed-too-big",
+        lambda: EKFACOperator.from_module(_model(), _CE, (X6, Y6), seed=2**64),
+        Raises(ValueError, "seed"),
+    ),
+    (
+        "KFAC-unsupported-layer",
+        lambda: KFACOperator.from_module(
+            torch.nn.Sequential(torch.nn.Linear(N, 2), torch.nn.LayerNorm(2)).double(),
+            _CE,
+            (X6, Y6),
+        ),
+        Raises(ValueError, r"1\.weight \(LayerNorm\)"),
+    ),
+    (
+        "KFAC-unknown-module",
+        lambda: KFACOperator.from_module(_model(), _CE, (X6, Y6), modules=["fc"]),
+        Raises(ValueError, "not in the model"),
+    ),
+    (
+        "KFAC-no-layer",
+        lambda: KFACOperator.from_module(
+            torch.nn.Sequential(torch.nn.Linear(N, 2), torch.nn.LayerNorm(2)).double(),
+            _CE,
+            (X6, Y6),
+            modules=["1"],
+        ),
+        Raises(ValueError, "LayerNorm"),
+    ),
+    (
+        "KFAC-empty-data",
+        lambda: KFACOperator.from_module(_model(), _CE, []),
+        Raises(ValueError, "no batches"),
+    ),
+    (
+        "KFAC-non-finite-data",
+        lambda: KFACOperator.from_module(_model(), _CE, (_nan_rows(X6), Y6), kind="empirical"),
+        Raises(NonFiniteError, "loss is nan"),
+    ),
+    (
+        "KFAC-non-finite-later-batch",
+        lambda: KFACOperator.from_module(
+            _model(), _CE, [(X6[:3], Y6[:3]), (_nan_rows(X6[3:]), Y6[3:])], kind="type2"
+        ),
+        Raises(NonFiniteError, "K-FAC factors of layer '<model>'"),
+    ),
+    (
+        "KFAC-eigh-bad-option",
+        lambda: KFACOperator.from_module(_model(), _CE, (X6, Y6)).eigh(2, tol=1e-3),
+        Raises(TypeError, "which"),
+    ),
+    (
+        "KFAC-eigh-k-0",
+        lambda: KFACOperator.from_module(_model(), _CE, (X6, Y6)).eigh(0),
+        Raises(ValueError, "k"),
+    ),
+    (
+        "KFAC-singular-without-shift",
+        lambda: (
+            KFACOperator.from_module(_model(), _CE, (X6, Y6)).inverse()
+            @ torch.ones(2 * N + 2, dtype=D64)
+        ),
+        Raises(SingularOperatorError, "regularize"),
+    ),
+    (
+        "eigen-on-an-operator-without-eigendecomposition",
+        lambda: _hessian().inverse("eigen"),
+        Raises(TypeError, "eigendecomposition"),
+    ),
+    (
+        "EigenOptions-rcond-1",
+        lambda: EigenOptions(rcond=1.0),
+        Raises(ValueError, "rcond"),
     ),
     # ---- per-example gradients
     (

@@ -4,7 +4,9 @@ generic [`DatasetMean`][linop.DatasetMean].
 Data flows one way: data source (`linop.data`) → one-batch operator
 ([`HessianOperator`][linop.HessianOperator], [`GGNOperator`][linop.GGNOperator],
 [`FisherOperator`][linop.FisherOperator], any [`CurvatureOperator`][linop.CurvatureOperator]) →
-[`DatasetMean`][linop.DatasetMean] → solvers.
+[`DatasetMean`][linop.DatasetMean] → solvers. The Kronecker-factored
+[`KFACOperator`][linop.KFACOperator] and [`EKFACOperator`][linop.EKFACOperator] are fitted by
+passes over a data source and hold exact eigendecompositions.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from linop.curvature.fisher import FisherOperator
 from linop.curvature.ggn import GGNOperator
 from linop.curvature.gradients import module_per_example_gradients, per_example_gradients
 from linop.curvature.hessian import HessianOperator
+from linop.curvature.kfac import EKFACOperator, KFACOperator
 
 __all__ = [
     "MODES",
     "CurvatureOperator",
     "DatasetMean",
+    "EKFACOperator",
     "FisherOperator",
     "GGNOperator",
     "HessianOperator",
+    "KFACOperator",
     "hvp",
     "module_per_example_gradients",
     "per_example_gradients",

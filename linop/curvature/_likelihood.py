@@ -16,7 +16,14 @@ from torch.func import grad, vjp
 from linop.errors import ShapeMismatchError
 from linop.kernels.hash import GOLDEN, M32, fmix32, word
 
-__all__ = ["LIKELIHOODS", "likelihood_of", "output_hessian", "sample_targets"]
+__all__ = [
+    "LIKELIHOODS",
+    "likelihood_of",
+    "output_gradients",
+    "output_hessian",
+    "output_hessian_sqrt",
+    "sample_targets",
+]
 
 #: The likelihoods the MC Fisher samples from, and the losses that are their negative logs.
 LIKELIHOODS = {
@@ -90,6 +97,47 @@ def output_hessian(
 
     pullback = vjp(gradient, outputs)[1]
     return lambda u: pullback(u)[0]
+
+
+def output_gradients(
+    loss_fn: Callable[..., Any], outputs: torch.Tensor, targets: list[Any]
+) -> torch.Tensor:
+    """The per-example output gradients ``∂ℓᵢ/∂oᵢ`` (``B`` times those of the mean loss) at each
+    set of targets, stacked ``(S, *outputs.shape)``."""
+    B, outputs = outputs.shape[0], outputs.detach()
+    return torch.stack(
+        [B * grad(lambda o, t=t: loss_fn(o, t).reshape(()))(outputs) for t in targets]
+    )
+
+
+def output_hessian_sqrt(
+    likelihood: str | None, loss_fn: Callable[..., Any], outputs: torch.Tensor, targets: Any
+) -> torch.Tensor:
+    """Columns ``U`` ``(K, *outputs.shape)`` of a square root of every example's output Hessian:
+    ``Σ_k U[k, i] U[k, i]ᵀ = ∇²ℓᵢ`` at ``oᵢ``. Cross-entropy: ``diag(√p) − p √pᵀ`` (``K = C``);
+    squared error: ``√(2/D) I`` (``K = D``); another loss of ``(B, C)`` outputs: from the
+    eigendecomposition of its per-example Hessian (negative eigenvalues dropped)."""
+    o = outputs.detach()
+    if likelihood == "categorical":
+        p = torch.softmax(o, dim=-1)
+        eye = torch.eye(o.shape[1], dtype=o.dtype, device=o.device)
+        return p.sqrt().T.unsqueeze(2) * (eye.unsqueeze(1) - p.unsqueeze(0))
+    if likelihood == "gaussian":
+        D = o[0].numel()
+        eye = torch.eye(D, dtype=o.dtype, device=o.device).reshape(D, 1, *o.shape[1:])
+        return math.sqrt(2.0 / D) * eye.expand(D, *o.shape)
+    if o.ndim != 2 or not isinstance(targets, torch.Tensor):
+        raise ShapeMismatchError(
+            f"the output Hessian's square root of a loss other than cross-entropy or squared "
+            f"error needs outputs (B, C) and tensor targets, got outputs {tuple(o.shape)}"
+        )
+
+    def one(oi: torch.Tensor, ti: torch.Tensor) -> torch.Tensor:
+        return loss_fn(oi.unsqueeze(0), ti.unsqueeze(0)).reshape(())
+
+    H = torch.func.vmap(torch.func.hessian(one))(o, targets)
+    lam, V = torch.linalg.eigh((H + H.mT) / 2)
+    return (V * lam.clamp_min(0).sqrt().unsqueeze(1)).permute(2, 0, 1)
 
 
 def _example_keys(inputs: tuple[Any, ...], count: int, device: torch.device) -> torch.Tensor:

@@ -33,12 +33,15 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.func import grad
 
 from linop._checks import positive_int
 from linop._checks import seed as check_seed
-from linop.curvature._autodiff import as_scalar
-from linop.curvature._likelihood import LIKELIHOODS, likelihood_of, sample_targets
+from linop.curvature._likelihood import (
+    LIKELIHOODS,
+    likelihood_of,
+    output_gradients,
+    sample_targets,
+)
 from linop.curvature._output import Linear, OutputCurvature
 from linop.curvature.gradients import gradient_chunks
 from linop.data import leading_size
@@ -167,12 +170,7 @@ class FisherOperator(OutputCurvature):
 
     def _output_operator(self, outputs: torch.Tensor) -> Linear:
         B = outputs.shape[0]
-        R = torch.stack(  # the per-example output gradients: B times those of the mean loss
-            [
-                B * grad(lambda o, t=t: as_scalar(self.loss_fn(o, t)))(outputs)
-                for t in self.sampled_targets(outputs)
-            ]
-        )
+        R = output_gradients(self.loss_fn, outputs, self.sampled_targets(outputs))
         dims, scale = tuple(range(2, R.ndim)), 1.0 / (B * R.shape[0])
 
         def middle(u: torch.Tensor) -> torch.Tensor:

@@ -12,11 +12,14 @@ arnoldi  Lanczos top-k eigenpairs once (kept in the operator's cache), then ``V 
 lissa    stochastic Neumann series over random minibatches of a dataset mean
 nystrom  a randomized Nyström approximation of a psd ``H`` (kept in its cache), then the exact
          inverse of ``U Λ Uᵀ + λI``
+eigen    the closed-form inverse of an operator that knows its eigendecomposition (K-FAC,
+         EK-FAC) or its shift ``K + λI``; the default for them
 ======== =====================================================================================
 
 Each method's options are a typed object ([`CGOptions`][linop.CGOptions],
 [`ExplicitOptions`][linop.ExplicitOptions], [`ArnoldiOptions`][linop.ArnoldiOptions],
-[`LissaOptions`][linop.LissaOptions], [`NystromOptions`][linop.NystromOptions]), checked when
+[`LissaOptions`][linop.LissaOptions], [`NystromOptions`][linop.NystromOptions],
+[`EigenOptions`][linop.EigenOptions]), checked when
 the inverse is built; why each column stopped is a [`StopReason`][linop.StopReason] on
 [`SolveInfo`][linop.SolveInfo].
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 from linop.inverse.arnoldi import ArnoldiOptions
 from linop.inverse.base import METHODS, SolveInfo, SolverOptions, StopReason, Strategy, register
 from linop.inverse.cg import CGOptions
+from linop.inverse.eigen import EigenOptions
 from linop.inverse.explicit import ExplicitOptions
 from linop.inverse.lissa import LissaOptions
 from linop.inverse.nystrom import NystromOptions
@@ -45,6 +49,7 @@ __all__ = [
     "METHODS",
     "ArnoldiOptions",
     "CGOptions",
+    "EigenOptions",
     "ExplicitOptions",
     "InverseOperator",
     "LissaOptions",

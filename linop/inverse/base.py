@@ -50,6 +50,9 @@ class StopReason(str, enum.Enum):
     LOW_RANK = "low-rank inverse"
     #: a fixed number of stochastic steps (lissa); no residual computed
     FIXED_DEPTH = "fixed depth reached"
+    #: the closed-form inverse from a known eigendecomposition (eigen); exact up to rounding,
+    #: no residual computed
+    EIGEN = "closed-form inverse from the eigendecomposition"
 
     def __str__(self) -> str:
         return self.value
@@ -57,7 +60,7 @@ class StopReason(str, enum.Enum):
     @property
     def checked(self) -> bool:
         """Whether a stop for this reason means the residual was computed."""
-        return self not in (StopReason.LOW_RANK, StopReason.FIXED_DEPTH)
+        return self not in (StopReason.LOW_RANK, StopReason.FIXED_DEPTH, StopReason.EIGEN)
 
 
 @dataclass

@@ -18,8 +18,9 @@ import torch
 
 from linop._tensor import finite, traced
 from linop.errors import NonFiniteError, ShapeMismatchError
-from linop.inverse import arnoldi, cg, explicit, lissa, nystrom  # noqa: F401 - they register the methods
+from linop.inverse import arnoldi, cg, eigen, explicit, lissa, nystrom  # noqa: F401 - they register
 from linop.inverse.base import METHODS, SolveInfo, SolverOptions, StopReason, Strategy
+from linop.inverse.eigen import default_method
 from linop.operator import LinearOperator
 from linop.tags import Tags
 
@@ -27,7 +28,7 @@ __all__ = ["InverseOperator", "make_strategy", "solve"]
 
 
 def make_strategy(
-    operator: LinearOperator, method: str | SolverOptions, options: dict[str, Any]
+    operator: LinearOperator, method: str | SolverOptions | None, options: dict[str, Any]
 ) -> Strategy:
     """The strategy for ``method`` (a name with keyword options, or a typed options object);
     unknown methods or options, and invalid values, raise here with the valid ones listed."""
@@ -37,10 +38,13 @@ def make_strategy(
         if method.method not in METHODS:
             raise TypeError(
                 f"{type(method).__name__} names no inverse method; pass a method's options "
-                f"(CGOptions, ExplicitOptions, ArnoldiOptions, LissaOptions, NystromOptions) or "
+                f"(CGOptions, ExplicitOptions, ArnoldiOptions, LissaOptions, NystromOptions, "
+                f"EigenOptions) or "
                 f"its name"
             )
         return METHODS[method.method](operator, method)
+    if method is None:
+        method = default_method(operator)
     if method not in METHODS:
         raise ValueError(
             f"unknown inverse method {method!r}; valid methods are {', '.join(sorted(METHODS))}"
@@ -80,8 +84,10 @@ class InverseOperator(LinearOperator):
 
     Args:
         operator: the square operator ``A``.
-        method: ``"explicit"``, ``"cg"``, ``"arnoldi"``, ``"lissa"`` or ``"nystrom"``, or a typed
-            options object ([`CGOptions`][linop.CGOptions], ...), which names its method.
+        method: ``"explicit"``, ``"cg"``, ``"arnoldi"``, ``"lissa"``, ``"nystrom"`` or
+            ``"eigen"``, or a typed options object ([`CGOptions`][linop.CGOptions], ...), which
+            names its method. None (the default): ``"eigen"`` for an operator that knows its
+            eigendecomposition (K-FAC, EK-FAC, and their shifts), ``"cg"`` otherwise.
         **options: the method's options (an unknown or invalid one is an error listing the
             valid ones).
 
@@ -91,7 +97,7 @@ class InverseOperator(LinearOperator):
     """
 
     def __init__(
-        self, operator: LinearOperator, method: str | SolverOptions = "cg", **options: Any
+        self, operator: LinearOperator, method: str | SolverOptions | None = None, **options: Any
     ) -> None:
         if operator.shape[0] != operator.shape[1]:
             raise ShapeMismatchError(f"only a square operator has an inverse, got {operator!r}")
@@ -157,7 +163,7 @@ class InverseOperator(LinearOperator):
 def solve(
     operator: LinearOperator,
     b: torch.Tensor,
-    method: str | SolverOptions = "cg",
+    method: str | SolverOptions | None = None,
     *,
     return_info: bool = False,
     **options: Any,

@@ -137,11 +137,11 @@ def test_inverse_of_inverse_and_lazy_setup_once():
 
 def test_unknown_method_or_option_lists_the_valid_ones():
     A = DenseOperator(_spd(3, 0))
-    with pytest.raises(ValueError, match="arnoldi, cg, explicit, lissa"):
+    with pytest.raises(ValueError, match="arnoldi, cg, eigen, explicit, lissa"):
         A.inverse("newton")
     with pytest.raises(TypeError, match="valid options: rtol"):
         A.inverse("cg", tol=1e-3)
-    assert set(METHODS) == {"explicit", "cg", "arnoldi", "lissa", "nystrom"}
+    assert set(METHODS) == {"explicit", "cg", "arnoldi", "lissa", "nystrom", "eigen"}
     with pytest.raises(ValueError, match="square"):
         DenseOperator(torch.ones(2, 3, dtype=D64)).inverse()
 
