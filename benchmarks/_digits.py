@@ -274,6 +274,30 @@ def mlp_logits(theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     return torch.tanh(X @ W1 + b1) @ W2 + b2
 
 
+class Conv1D(torch.nn.Module):
+    """``x @ weight + bias`` with ``weight`` stored ``(in, out)``: GPT-2's transposed linear
+    layer, which K-FAC takes as such (its class name is ``Conv1D``)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight.detach().clone())
+        self.bias = torch.nn.Parameter(bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
+def mlp_module(theta: torch.Tensor) -> torch.nn.Module:
+    """The MLP at ``theta`` as an ``nn.Module`` whose flat parameters (``named_parameters``
+    order) are ``theta`` itself: two :class:`Conv1D` layers around a tanh."""
+    F, Hd, C = NUM_FEATURES, MLP_HIDDEN, NUM_CLASSES
+    sizes = [F * Hd, Hd, Hd * C, C]
+    W1, b1, W2, b2 = torch.split(theta.detach(), sizes)
+    return torch.nn.Sequential(
+        Conv1D(W1.reshape(F, Hd), b1), torch.nn.Tanh(), Conv1D(W2.reshape(Hd, C), b2)
+    ).eval()
+
+
 @dataclass(frozen=True)
 class Model:
     """A classifier with a flat float64 parameter vector, trained on
