@@ -29,6 +29,14 @@ def loss(w, X, y):
     return torch.nn.functional.cross_entropy(X @ w.reshape(3, 2), y)
 
 
+def kfac_model(w):
+    """``loss``'s model as a module: ``Linear(3, 2)`` whose flat parameters are ``w``."""
+    model = torch.nn.Linear(3, 2, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(w.reshape(3, 2).T)
+    return model
+
+
 SPLIT = 15  # rank 0 holds 15 examples, rank 1 holds 8: uneven shards
 
 
@@ -79,6 +87,13 @@ def main() -> None:
                 warnings.simplefilter("ignore")
                 result["lissa"] = A.inverse("lissa", batch_size=4, depth=50, scale=5.0, seed=3) @ V
             result["data"] = data_facts(H.data)
+            batches = linop.TensorBatches((X[shard], y[shard]), 4)
+            for cls in (linop.KFACOperator, linop.EKFACOperator):
+                K = cls.from_module(
+                    kfac_model(w), torch.nn.CrossEntropyLoss(), batches, kind="mc",
+                    mc_samples=2, seed=4, process_group="world", timeout=5.0,
+                )  # fmt: skip
+                result[cls.__name__] = K.to_dense()
     except Exception as e:  # noqa: BLE001 - reported to the test
         result["error"] = f"{type(e).__name__}: {e}"
     torch.save(result, out)

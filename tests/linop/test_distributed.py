@@ -82,6 +82,16 @@ def test_distributed_products_and_solvers_equal_the_single_process_ones(ok_run):
     assert_close(single @ V, results[0]["HV"])
 
 
+def test_distributed_kfac_factors_are_those_of_the_whole_dataset(ok_run):
+    X, y, w, _ = W.problem()
+    for name in ("KFACOperator", "EKFACOperator"):
+        single = getattr(linop, name).from_module(
+            W.kfac_model(w), torch.nn.CrossEntropyLoss(), (X, y), kind="mc", mc_samples=2, seed=4
+        )
+        for r in ok_run:
+            assert_close(r[name], single.to_dense(), 1e-10)
+
+
 def test_distributed_lissa_is_reproducible(tmp_path, ok_run):
     again, _ = _run(tmp_path / "again", "ok")
     assert torch.equal(ok_run[0]["lissa"], again[0]["lissa"])
