@@ -46,6 +46,13 @@ with the same protocol; its leave-one-out retraining uses Newton steps precondit
 full-data Hessian's Cholesky factor (``_digits.Model.retrain``). It runs in about 100 s
 without its slow methods (:data:`MLP_SKIPPED`).
 
+With ``--model mlp``, :data:`REFERENCE_METHODS` put the reference libraries' K-FAC and EK-FAC
+next to linop's (``kfac type2``, ``ekfac mc``, ...): curvlinops 3.0.1 (in this process),
+kronfluence 1.0.1 and dattri 0.2.0 (in subprocesses, from ``.ref/``), on the same MLP, data,
+``λ`` and scores; see ``benchmarks/_kfac_references.py`` for their settings. They run only when
+named in ``--methods`` and are refused at once where the library is not installed; their
+seconds are the library's own work (without a subprocess's start-up, which the notes give).
+
 Run ``python -m benchmarks.attribution`` from the repository root (about a minute on 2 CPU
 cores, most of it LiSSA, which shows its own progress bar; ``--quick`` for a 15 s version,
 ``--help`` for options), or call :func:`run` with a list of arguments; it returns the results as a
@@ -72,14 +79,17 @@ import scipy.stats
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks._digits import LOGISTIC, MODELS, Model, limit_threads, load_split
-from benchmarks._harness import REPO_ROOT, write_jsonl
+from benchmarks import _kfac_references as refs
+from benchmarks._digits import LOGISTIC, MODELS, Model, limit_threads, load_split, mlp_module
+from benchmarks._harness import REPO_ROOT, ReferenceUnavailable, write_jsonl
 from linop import (
     ConvergenceWarning,
+    EKFACOperator,
     FisherOperator,
     GGNOperator,
     HessianOperator,
     IdentityOperator,
+    KFACOperator,
     ProjectionOperator,
     RegularizedOperator,
     SolveInfo,
@@ -95,7 +105,9 @@ class Problem:
     """What an inverse method may use: the model at its optimum and the gradients.
 
     ``G_train`` ``(p, R)``: per-example loss gradients of the removed points, as columns;
-    ``G_test`` ``(p, T)``: those of the test points.
+    ``G_test`` ``(p, T)``: those of the test points. ``X_test``, ``y_test``, ``X_removed``,
+    ``y_removed``: the points themselves, for the reference libraries that compute their own
+    gradients (:data:`REFERENCE_METHODS`).
     """
 
     model: Model
@@ -104,6 +116,10 @@ class Problem:
     y: torch.Tensor
     G_train: torch.Tensor
     G_test: torch.Tensor
+    X_test: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
+    X_removed: torch.Tensor | None = None
+    y_removed: torch.Tensor | None = None
 
     def operator(self) -> RegularizedOperator:
         """A fresh ``A = H_data + λI`` (full-batch HVPs, never formed). Fresh for every method,
@@ -127,12 +143,16 @@ class Problem:
 class Estimate:
     """A method's answer: ``scores`` ``(T, R)`` ≈ ``G_testᵀ A⁻¹ G_train``, the
     :class:`linop.SolveInfo` of its solve (None for the non-solver rows), the operator products
-    it made where known (columns counted, set-up included), and a note for the printout."""
+    it made where known (columns counted, set-up included), and a note for the printout.
+    ``seconds``: the time to report where the method measured its own work (the reference rows:
+    without a subprocess's start-up and imports, nor the checks made after); None: the wall
+    time of the call."""
 
     scores: torch.Tensor
     info: SolveInfo | None = None
     products: int | None = None
     note: str = ""
+    seconds: float | None = None
 
 
 def _apply(inv: Any, p: Problem, note: str = "") -> Estimate:
@@ -361,8 +381,126 @@ CURVATURE_METHODS: dict[str, InverseMethod] = {
     for method in ("explicit", "cg")
 }
 
+
+def _kronecker_method(cls: type[KFACOperator], kind: str) -> InverseMethod:
+    def solve(p: Problem) -> Estimate:
+        if p.model.name != "mlp":
+            raise ValueError("the K-FAC rows attribute the MLP (--model mlp)")
+        loss = torch.nn.CrossEntropyLoss()
+        K = cls.from_module(mlp_module(p.theta), loss, (p.X, p.y), kind=kind, mc_samples=8)
+        return _apply(K.regularize(p.model.lam).inverse(), p, f"{kind}; closed-form inverse")
+
+    solve.__doc__ = f"``({cls.__name__[:-8]} {kind} + λI)⁻¹`` in closed form (linop)."
+    return solve
+
+
+#: K-FAC and EK-FAC of the MLP, by kind (``mc`` with 8 samples per example), each plus λI and
+#: inverted in closed form; run by default with ``--model mlp``.
+KRONECKER_METHODS: dict[str, InverseMethod] = {
+    f"{name} {kind}": _kronecker_method(cls, kind)
+    for name, cls in (("kfac", KFACOperator), ("ekfac", EKFACOperator))
+    for kind in ("type2", "mc", "empirical")
+}
+CURVATURE_METHODS.update(KRONECKER_METHODS)
+
+# The reference libraries' K-FAC and EK-FAC (benchmarks/_kfac_references.py), side by side with
+# the rows above: same MLP, data, λ and scores g_testᵀ (C + λI)⁻¹ g_j. Run only when named in
+# --methods.
+
+#: linop's type-2 K-FAC/EK-FAC against curvlinops', dense, per problem (computed once).
+_DENSE_AGREEMENT: dict[int, dict[str, Any]] = {}
+
+
+def _curvlinops_method(ekfac: bool, fisher_type: str) -> InverseMethod:
+    def solve(p: Problem) -> Estimate:
+        scores, seconds = refs.curvlinops_scores(
+            p.theta, p.X, p.y, p.G_test, p.G_train, p.model.lam, ekfac, fisher_type
+        )
+        samples = f", mc_samples {refs.MC_SAMPLES}" if fisher_type == "mc" else ""
+        note = (
+            f"{'EKFAC' if ekfac else 'KFAC'}LinearOperator, fisher_type {fisher_type}{samples}, "
+            "separate_weight_and_bias=False (joint bias), expand; KFACInverseLinearOperator("
+            "damping=λ, use_exact_damping=True)"
+        )
+        if id(p.theta) not in _DENSE_AGREEMENT:  # once per run, not timed
+            _DENSE_AGREEMENT[id(p.theta)] = agree = refs.dense_agreement(p.theta, p.X, p.y)
+            note += (
+                "; dense vs linop's type2 (max |Δ| / max |linop|, rel. Frobenius): "
+                + ", ".join(
+                    f"{k.upper()} {v['max_rel']:.1e}, {v['fro_rel']:.1e}" for k, v in agree.items()
+                )
+            )
+        return Estimate(scores, note=note, seconds=seconds)
+
+    kind = "EK-FAC" if ekfac else "K-FAC"
+    solve.__doc__ = f"curvlinops' {kind} ({fisher_type}) + λI, its own exact-damping inverse."
+    return solve
+
+
+def _data_points(p: Problem) -> tuple[torch.Tensor, ...]:
+    """The test and removed points, for the rows that compute their own gradients."""
+    if p.X_test is None or p.y_test is None or p.X_removed is None or p.y_removed is None:
+        raise ValueError("this reference row needs the test and removed points in the Problem")
+    return p.X_test, p.y_test, p.X_removed, p.y_removed
+
+
+def _kronfluence_method(strategy: str) -> InverseMethod:
+    def solve(p: Problem) -> Estimate:
+        scores, seconds, record = refs.kronfluence_scores(
+            p.theta, p.X, p.y, *_data_points(p), p.model.lam, strategy
+        )
+        note = (
+            f"kronfluence {record['version']}, strategy {strategy}, MC Fisher with "
+            f"{refs.MC_SAMPLES} sampled labels per example (the training set repeated: "
+            f"{record['fit_examples']} examples), float64, damping_factor λ; "
+            f"{record['wall_seconds']:.1f} s with the subprocess"
+        )
+        return Estimate(scores, note=note, seconds=seconds)
+
+    solve.__doc__ = f"kronfluence 1.0.1's {strategy} pairwise scores (subprocess)."
+    return solve
+
+
+def dattri_ekfac(p: Problem) -> Estimate:
+    """dattri 0.2.0's ``IFAttributorEKFAC(damping=λ)`` (subprocess): its factors come from the
+    loss at the data's labels, the empirical Fisher. The check after the timed part compares
+    the inverse it applies with the EK-FAC inverse of its own factors, and the scores with that
+    inverse with linop's ``ekfac empirical`` (see ``_kfac_references._dattri_check``)."""
+    scores, seconds, record = refs.dattri_ekfac_scores(
+        p.theta, p.X, p.y, *_data_points(p), p.model.lam, check=True
+    )
+    loss = torch.nn.CrossEntropyLoss()
+    K = EKFACOperator.from_module(mlp_module(p.theta), loss, (p.X, p.y), kind="empirical")
+    ours = p.G_test.T @ (K.regularize(p.model.lam).inverse() @ p.G_train)
+    fixed = record["corrected_scores"]
+    layers = ", ".join(f"{v:.2f}" for v in record["check"].values())
+    note = (
+        f"dattri {record['version']}, damping λ, empirical Fisher (its loss at the data's "
+        f"labels); {record['wall_seconds']:.1f} s with the subprocess. Its inverse is {layers} "
+        "(rel. Frobenius, per layer) from the EK-FAC inverse of its own factors: it projects "
+        "on the rows of eigh's eigenvector matrices, not the columns, and reshapes [vec(W), b] "
+        "to (out, in + 1) without putting the bias in the last column. With that inverse its "
+        f"scores are {float((fixed - ours).norm() / ours.norm()):.1e} from linop's ekfac "
+        f"empirical (as given: {float((scores - ours).norm() / ours.norm()):.2f})"
+    )
+    return Estimate(scores, note=note, seconds=seconds)
+
+
+#: The reference rows; never run by default (name them in ``--methods``; ``--model mlp`` only).
+REFERENCE_METHODS: dict[str, InverseMethod] = {
+    "curvlinops kfac type2": _curvlinops_method(False, "type-2"),
+    "curvlinops kfac mc": _curvlinops_method(False, "mc"),
+    "curvlinops ekfac type2": _curvlinops_method(True, "type-2"),
+    "curvlinops ekfac mc": _curvlinops_method(True, "mc"),
+    "kronfluence kfac": _kronfluence_method("kfac"),
+    "kronfluence ekfac": _kronfluence_method("ekfac"),
+    "dattri ekfac": dattri_ekfac,
+}
+#: The reference rows that compute their own gradients from the points (not ``G_train``).
+OWN_GRADIENT_METHODS = ("kronfluence kfac", "kronfluence ekfac", "dattri ekfac")
+
 #: Every method :func:`run` knows.
-ALL_METHODS: dict[str, InverseMethod] = {**METHODS, **CURVATURE_METHODS}
+ALL_METHODS: dict[str, InverseMethod] = {**METHODS, **CURVATURE_METHODS, **REFERENCE_METHODS}
 
 #: Methods left out by default with ``--model mlp`` (ask for them with ``--methods``): on its
 #: ill-conditioned A (condition number 1.6e3, 2410 parameters) they took, measured on the default
@@ -409,7 +547,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--methods",
         default=None,
         help=f"comma-separated inverse methods to compare (default: all of {', '.join(METHODS)}; "
-        f"with --model mlp all but {', '.join(MLP_SKIPPED)}, plus {', '.join(CURVATURE_METHODS)})",
+        f"with --model mlp all but {', '.join(MLP_SKIPPED)}, plus {', '.join(CURVATURE_METHODS)}). "
+        f"Only when named, with --model mlp: the reference libraries' rows "
+        f"{', '.join(REFERENCE_METHODS)}",
     )
     p.add_argument(
         "--threads",
@@ -455,6 +595,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = [m for m in args.methods if m not in ALL_METHODS]
     if unknown:
         p.error(f"unknown method(s) {unknown}; known: {list(ALL_METHODS)}")
+    references = [m for m in args.methods if m in REFERENCE_METHODS]
+    if references and args.model != "mlp":
+        p.error(f"the reference rows {references} attribute the MLP: add --model mlp")
+    for m in references:  # refuse now, not after the retraining
+        try:
+            refs.check_available(m.split()[0])
+        except ReferenceUnavailable as e:
+            p.error(f"{m}: {e}")
     return args
 
 
@@ -618,6 +766,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         split.y_train,
         G_train=model.example_grads(theta, split.X_train[removed], split.y_train[removed]),
         G_test=model.example_grads(theta, split.X_test, split.y_test),
+        X_test=split.X_test,
+        y_test=split.y_test,
+        X_removed=split.X_train[removed],
+        y_removed=split.y_train[removed],
     )
 
     results: dict[str, dict[str, Any]] = {}
@@ -626,7 +778,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         bar.set_postfix_str(name)
         t0 = time.perf_counter()
         est = ALL_METHODS[name](problem)
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 if est.seconds is None else est.seconds
         predicted = est.scores.numpy() / n  # (T, R)
         rho = spearman_per_row(actual, predicted)
         results[name] = {
@@ -647,9 +799,11 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     # The term common to all removed points (see the module docstring), for the diagnostics:
-    # the first method applied to the single right-hand side λθ.
-    first = args.methods[0]
-    s_scores = ALL_METHODS[first](replace(problem, G_train=(model.lam * theta)[:, None])).scores
+    # the first method applied to the single right-hand side λθ (the explicit solve where that
+    # method computes its own gradients from the points).
+    first = next((m for m in args.methods if m not in OWN_GRADIENT_METHODS), args.methods[0])
+    shifter = "explicit" if first in OWN_GRADIENT_METHODS else first
+    s_scores = ALL_METHODS[shifter](replace(problem, G_train=(model.lam * theta)[:, None])).scores
     shift = s_scores[:, 0].numpy() / (n - 1)
     pred = results[first]["predicted"]
     rel = lambda p: float(np.median(np.abs(actual - p) / np.abs(actual)))  # noqa: E731
