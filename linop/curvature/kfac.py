@@ -404,6 +404,9 @@ class _Fit:
                 step = max(1, _EKFAC_CHUNK_ELEMENTS // max(1, sums[i].numel()))
                 for gk in grads:
                     g = gk[i].to(acc) @ QG  # (B, R, out)
+                    if g.shape[1] == 1:  # no weight sharing: (g ⊗ a)² = g² ⊗ a², one product
+                        sums[i] += g[:, 0].square().T @ a[:, 0].square()
+                        continue
                     for s in range(0, g.shape[0], step):
                         M = torch.einsum("bro,bri->boi", g[s : s + step], a[s : s + step])
                         sums[i] += M.square().sum(0)
