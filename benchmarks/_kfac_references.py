@@ -248,6 +248,15 @@ def check_available(library: str) -> None:
         raise ReferenceUnavailable(f"{library} is not installed in {where}: {INSTALL[library]}")
 
 
+def _problem_config(*args: Any) -> dict[str, Any]:
+    """What a reference side needs: the model (as ``linear_mlp``'s state), the data, ``λ`` and
+    the thread count, from ``(theta, X, y, X_test, y_test, X_removed, y_removed, lam,
+    threads)``."""
+    theta, *rest = args
+    keys = ["X", "y", "X_test", "y_test", "X_removed", "y_removed", "lam", "threads"]
+    return {"state": linear_state(theta), **dict(zip(keys, rest, strict=True))}
+
+
 def kronfluence_scores(
     theta: torch.Tensor,
     X: torch.Tensor,
@@ -267,20 +276,8 @@ def kronfluence_scores(
     ``empirical``: its empirical Fisher instead (the data's labels, no repeats), which is
     deterministic: the check of its conventions against linop's ``"empirical"`` kind."""
     check_available("kronfluence")
-    cfg = {
-        "state": linear_state(theta),
-        "X": X,
-        "y": y,
-        "X_test": X_test,
-        "y_test": y_test,
-        "X_removed": X_removed,
-        "y_removed": y_removed,
-        "lam": lam,
-        "strategy": strategy,
-        "mc_samples": 1 if empirical else mc_samples,
-        "empirical": empirical,
-        "threads": threads,
-    }
+    cfg = _problem_config(theta, X, y, X_test, y_test, X_removed, y_removed, lam, threads)
+    cfg.update(strategy=strategy, mc_samples=1 if empirical else mc_samples, empirical=empirical)
     return _run_side("kronfluence", cfg, [KRONFLUENCE_REF])
 
 
@@ -301,18 +298,8 @@ def dattri_ekfac_scores(
     inverse dattri applies is from the EK-FAC inverse its own factors define, and
     ``corrected_scores``, the scores with that inverse (see :func:`_dattri_check`)."""
     check_available("dattri")
-    cfg = {
-        "state": linear_state(theta),
-        "X": X,
-        "y": y,
-        "X_test": X_test,
-        "y_test": y_test,
-        "X_removed": X_removed,
-        "y_removed": y_removed,
-        "lam": lam,
-        "threads": threads,
-        "check": check,
-    }
+    cfg = _problem_config(theta, X, y, X_test, y_test, X_removed, y_removed, lam, threads)
+    cfg["check"] = check
     return _run_side("dattri", cfg, [DATTRI_REF])
 
 
