@@ -109,6 +109,7 @@ class KFACOperator(LinearOperator):
         self.names = list(names)
         self.kind = kind
         self._cast = [(b.QG.to(dtype), b.QA.to(dtype), b.values.to(dtype)) for b in blocks]
+        self._factors = [(b.G.to(dtype), b.A.to(dtype)) for b in blocks]
 
     # ------------------------------------------------------------------ products
     def _apply(self, V: torch.Tensor, values: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -120,7 +121,12 @@ class KFACOperator(LinearOperator):
         return out
 
     def _matmat(self, X: torch.Tensor) -> torch.Tensor:
-        return self._apply(X, [c[2] for c in self._cast])
+        if type(self) is not KFACOperator:  # refitted eigenvalues: the eigenbasis form
+            return self._apply(X, [c[2] for c in self._cast])
+        out = torch.empty_like(X)  # K-FAC's own blocks: (G ⊗ A) vec(W̃) = vec(G W̃ A), cheaper
+        for block, (G, A) in zip(self.blocks, self._factors, strict=True):
+            block.layer.scatter(G @ block.layer.gather(X) @ A, out)
+        return out
 
     def eigenvalues(self) -> torch.Tensor:
         """All ``n`` eigenvalues, block by block (float64, unsorted)."""
