@@ -127,7 +127,9 @@ class ColumnChunks:
 
     Two rules keep it from settling on a wrong size: the first product is not timed (it pays
     one-time costs, up to 25 times a product's own time), and every ``explore``-th call re-times
-    the less measured neighbour of the best (one noisy timing must not decide for good). As the
+    the less measured neighbour of the best (one noisy timing must not decide for good; only the
+    larger one when the best's products are quick, where the larger wins near-ties anyway: a
+    re-timed half would split the call's small products in two for nothing). As the
     double is capped at the call's columns, a call is tried in one product too. Copies of the
     operator (its other batches) share what was learned, and so do new operators of the same
     loss and shapes (see [`shared_chunks`][linop.curvature._autodiff.shared_chunks]).
@@ -180,7 +182,9 @@ class ColumnChunks:
         """``fn`` applied to every column of ``V`` ``(n, k)``, vmapped in chunks."""
         self.calls += 1
         if self.seconds and self.calls % self.explore == 0:  # time a neighbour again
-            near = self._near(V.shape[1])[1]
+            best, near = self._near(V.shape[1])
+            if self.seconds[best] * best < self.quick:  # a quick product: a smaller chunk
+                near = [size for size in near if size > best]  # cannot win a near-tie
             if near:
                 self.size = min(near, key=lambda size: self.samples.get(size, 0))
         k, start = V.shape[1], 0
