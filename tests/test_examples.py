@@ -29,8 +29,23 @@ def _run(name: str, cwd: Path) -> str:
 def test_every_example_is_tested():
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == [
         "dattri_migration.py",
+        "ekfac_influence.py",
         "influence_digits.py",
     ]
+
+
+def test_ekfac_influence(tmp_path):
+    # measured: test accuracy 90.9 %, EK-FAC in 0.03 s with no Hessian products, CG 582
+    # products, rank correlations with the exact scores 0.43-0.56, and each most helpful image
+    # shows the test image's digit
+    out = _run("ekfac_influence.py", tmp_path)
+    assert float(re.search(r"test accuracy ([\d.]+)%", out).group(1)) > 85
+    assert "0 Hessian products" in out
+    assert int(re.search(r"CG: [\d.]+ s, (\d+) Hessian products", out).group(1)) > 0
+    rows = re.findall(r"test #\d+ \(a (\d)\): .*#\d+ \(a (\d):.* scores (-?[\d.]+)", out)
+    assert len(rows) == 3
+    for label, top, rho in rows:
+        assert top == label and 0.2 < float(rho) < 0.9
 
 
 def test_influence_digits(tmp_path):
