@@ -15,7 +15,8 @@ over them. The bias is factored jointly with the weight (homogeneous coordinates
 cotangents ``k`` depend on ``kind``:
 
 - ``"type2"``: the columns of the exact square root of each example's output Hessian, so that
-  in expectation over nothing, ``Σ_k`` reproduces the Gauss-Newton matrix (``S = 1``);
+  ``Σ_k`` reproduces each example's Gauss-Newton term exactly, with no sampling (``S = 1``; one
+  backward pass per output, e.g. per class, and batch);
 - ``"mc"``: the output gradients at ``mc_samples = S`` targets sampled from the model's
   predictive distribution (an unbiased estimate of the same matrix);
 - ``"empirical"``: the output gradients at the data's own targets (the empirical Fisher).
