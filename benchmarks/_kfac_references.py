@@ -308,17 +308,13 @@ def dattri_ekfac_scores(
 # the repository but this file's own helpers).
 
 
-def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
-    import logging
-
+def kronfluence_task() -> Any:
+    """kronfluence's ``Task`` for these benchmarks: summed cross-entropy as the training loss
+    (labels sampled from the model when kronfluence asks for a sample: its MC Fisher), and the
+    summed test cross-entropy as the measurement (its gradient is ``g_test``). Imports
+    kronfluence: call it in the reference's subprocess."""
     import torch.nn.functional as fn
-    from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.task import Task
-    from kronfluence.version import __version__
-
-    torch.manual_seed(0)  # the sampled labels of the MC Fisher
-    f64 = torch.float64
 
     class Classification(Task):
         def compute_train_loss(
@@ -332,14 +328,52 @@ def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
             return fn.cross_entropy(logits, labels, reduction="sum")
 
         def compute_measurement(self, batch: Any, model: torch.nn.Module) -> Any:
-            inputs, labels = batch  # the test loss: its gradient is g_test
+            inputs, labels = batch
             return fn.cross_entropy(model(inputs), labels, reduction="sum")
 
+    return Classification()
+
+
+def kronfluence_arguments(strategy: str, empirical: bool, lam: float) -> tuple[Any, Any]:
+    """kronfluence's ``(FactorArguments, ScoreArguments)`` matched to linop: float64
+    throughout, every example used for the covariances and the eigenvalues, and the damping
+    ``λ`` added as it is."""
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+
+    f64 = torch.float64
+    factor_args = FactorArguments(
+        strategy=strategy,
+        use_empirical_fisher=empirical,
+        covariance_max_examples=None,
+        lambda_max_examples=None,
+        activation_covariance_dtype=f64,
+        gradient_covariance_dtype=f64,
+        eigendecomposition_dtype=f64,
+        per_sample_gradient_dtype=f64,
+        lambda_dtype=f64,
+    )
+    score_args = ScoreArguments(
+        damping_factor=lam,
+        query_gradient_svd_dtype=f64,
+        per_sample_gradient_dtype=f64,
+        precondition_dtype=f64,
+        score_dtype=f64,
+    )
+    return factor_args, score_args
+
+
+def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
+    import logging
+
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.version import __version__
+
+    torch.manual_seed(0)  # the sampled labels of the MC Fisher
     data = torch.utils.data.TensorDataset
     X, y, reps = cfg["X"], cfg["y"], cfg["mc_samples"]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        task = Classification()
+        task = kronfluence_task()
         model = prepare_model(linear_mlp(cfg["state"]), task)
         analyzer = Analyzer(
             "attribution",
@@ -350,16 +384,8 @@ def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
             output_dir=tmp,
             log_level=logging.WARNING,
         )
-        factor_args = FactorArguments(
-            strategy=cfg["strategy"],
-            use_empirical_fisher=cfg["empirical"],
-            covariance_max_examples=None,
-            lambda_max_examples=None,
-            activation_covariance_dtype=f64,
-            gradient_covariance_dtype=f64,
-            eigendecomposition_dtype=f64,
-            per_sample_gradient_dtype=f64,
-            lambda_dtype=f64,
+        factor_args, score_args = kronfluence_arguments(
+            cfg["strategy"], cfg["empirical"], cfg["lam"]
         )
         # mc_samples sampled labels per example: the training set repeated, one draw per repeat
         fit_set = data(X.repeat(reps, 1), y.repeat(reps))
@@ -369,13 +395,6 @@ def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
             per_device_batch_size=X.shape[0],
             factor_args=factor_args,
             overwrite_output_dir=True,
-        )
-        score_args = ScoreArguments(
-            damping_factor=cfg["lam"],
-            query_gradient_svd_dtype=f64,
-            per_sample_gradient_dtype=f64,
-            precondition_dtype=f64,
-            score_dtype=f64,
         )
         analyzer.compute_pairwise_scores(
             "scores",
@@ -389,7 +408,7 @@ def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
         )
         scores = analyzer.load_pairwise_scores("scores")["all_modules"]  # (T, R)
         seconds = time.perf_counter() - start
-    torch.save({"scores": scores.detach().to(f64)}, cfg["out"])
+    torch.save({"scores": scores.detach().to(torch.float64)}, cfg["out"])
     return {"seconds": seconds, "version": __version__, "fit_examples": len(fit_set)}
 
 

@@ -360,28 +360,18 @@ def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
     """The subprocess: imports only torch, kronfluence and this file's model."""
     import logging
 
-    import torch.nn.functional as fn
     from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
-    from kronfluence.task import Task
     from kronfluence.version import __version__
 
+    try:
+        from benchmarks._kfac_references import kronfluence_arguments, kronfluence_task
+    except ImportError:  # run as a script in front of kronfluence: this folder is on the path
+        from _kfac_references import (  # type: ignore[no-redef]
+            kronfluence_arguments,
+            kronfluence_task,
+        )
+
     f64 = torch.float64
-
-    class Classification(Task):
-        def compute_train_loss(
-            self, batch: Any, model: torch.nn.Module, sample: bool = False
-        ) -> Any:
-            inputs, labels = batch
-            logits = model(inputs)
-            if sample:
-                with torch.no_grad():
-                    labels = torch.multinomial(fn.softmax(logits, dim=-1), 1).flatten()
-            return fn.cross_entropy(logits, labels, reduction="sum")
-
-        def compute_measurement(self, batch: Any, model: torch.nn.Module) -> Any:
-            inputs, labels = batch  # the test loss: its gradient is g_test
-            return fn.cross_entropy(model(inputs), labels, reduction="sum")
 
     data = torch.utils.data.TensorDataset
     out: dict[str, Any] = {}
@@ -391,7 +381,7 @@ def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
         for rep in range(cfg["repeats"]):
             torch.manual_seed(0)  # the sampled labels of the MC Fisher
             with tempfile.TemporaryDirectory() as tmp:
-                task = Classification()
+                task = kronfluence_task()
                 model = prepare_model(build_model(cfg["channels"], cfg["state"]), task)
                 analyzer = Analyzer(
                     f"cnn{i}_{rep}",
@@ -402,17 +392,7 @@ def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
                     output_dir=tmp,
                     log_level=logging.WARNING,
                 )
-                factor_args = FactorArguments(
-                    strategy=strategy,
-                    use_empirical_fisher=empirical,
-                    covariance_max_examples=None,
-                    lambda_max_examples=None,
-                    activation_covariance_dtype=f64,
-                    gradient_covariance_dtype=f64,
-                    eigendecomposition_dtype=f64,
-                    per_sample_gradient_dtype=f64,
-                    lambda_dtype=f64,
-                )
+                factor_args, score_args = kronfluence_arguments(strategy, empirical, cfg["lam"])
                 start = time.perf_counter()
                 analyzer.fit_all_factors(
                     "factors",
@@ -422,13 +402,6 @@ def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
                     overwrite_output_dir=True,
                 )
                 fits.append(time.perf_counter() - start)
-                score_args = ScoreArguments(
-                    damping_factor=cfg["lam"],
-                    query_gradient_svd_dtype=f64,
-                    per_sample_gradient_dtype=f64,
-                    precondition_dtype=f64,
-                    score_dtype=f64,
-                )
                 start = time.perf_counter()
                 analyzer.compute_pairwise_scores(
                     "scores",
