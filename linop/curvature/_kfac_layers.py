@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Capture", "KroneckerLayer", "kfac_layers"]
+__all__ = ["Capture", "KroneckerEigen", "KroneckerLayer", "kfac_layers"]
 
 
 @dataclass
@@ -88,6 +88,25 @@ class KroneckerLayer:
         out[slice(*self.weight)] = W.reshape(self.weight[1] - self.weight[0], M.shape[0])
         if self.bias is not None:
             out[slice(*self.bias)] = M[:, :, i].T
+
+
+@dataclass(frozen=True)
+class KroneckerEigen:
+    """One layer's block ``(Q_G ⊗ Q_A) diag(Λ) (Q_G ⊗ Q_A)ᵀ``, all in float64.
+
+    Attributes:
+        layer: the layer and its parameters' positions.
+        A, G: the Kronecker factors (input and output-gradient covariances).
+        QA, QG: their eigenvectors (columns).
+        values: the eigenvalues ``Λ`` ``(out, in')`` of the block (K-FAC: ``λ_G λ_Aᵀ``).
+    """
+
+    layer: KroneckerLayer
+    A: torch.Tensor
+    G: torch.Tensor
+    QA: torch.Tensor
+    QG: torch.Tensor
+    values: torch.Tensor
 
 
 def _is_transposed(module: torch.nn.Module, transposed: Sequence[type]) -> bool:

@@ -35,55 +35,19 @@ float64): products cost a few small matrix products per layer, ``eigh`` is exact
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from linop._checks import positive_int
-from linop._checks import seed as check_seed
-from linop.curvature._kfac_layers import Capture, KroneckerLayer, kfac_layers
-from linop.curvature._likelihood import (
-    LIKELIHOODS,
-    output_gradients,
-    output_hessian_sqrt,
-    sample_targets,
-)
-from linop.curvature._module import ModuleLoss, module_point, one_batch
-from linop.data import as_source
+from linop.curvature._kfac_fit import KFAC_KINDS, Fit
+from linop.curvature._kfac_layers import KroneckerEigen
 from linop.distributed import DEFAULT_TIMEOUT_SECONDS
-from linop.errors import NonFiniteError
 from linop.operator import LinearOperator
 from linop.structured import LowRankOperator
 from linop.tags import Tags
 
 __all__ = ["EKFACOperator", "KFAC_KINDS", "KFACOperator"]
-
-#: The kinds of output cotangents K-FAC and EK-FAC are built from.
-KFAC_KINDS = ("mc", "empirical", "type2")
-
-#: Elements of the per-example gradient matrices EK-FAC holds at once, per layer.
-_EKFAC_CHUNK_ELEMENTS = 2**24
-
-
-@dataclass(frozen=True)
-class KroneckerEigen:
-    """One layer's block ``(Q_G ⊗ Q_A) diag(Λ) (Q_G ⊗ Q_A)ᵀ``, all in float64.
-
-    Attributes:
-        layer: the layer and its parameters' positions.
-        A, G: the Kronecker factors (input and output-gradient covariances).
-        QA, QG: their eigenvectors (columns).
-        values: the eigenvalues ``Λ`` ``(out, in')`` of the block (K-FAC: ``λ_G λ_Aᵀ``).
-    """
-
-    layer: KroneckerLayer
-    A: torch.Tensor
-    G: torch.Tensor
-    QA: torch.Tensor
-    QG: torch.Tensor
-    values: torch.Tensor
 
 
 class KFACOperator(LinearOperator):
@@ -92,7 +56,8 @@ class KFACOperator(LinearOperator):
     [`from_module`][linop.KFACOperator.from_module].
 
     Attributes:
-        blocks: one [`KroneckerEigen`][linop.curvature.kfac.KroneckerEigen] per layer.
+        blocks: one ``KroneckerEigen`` per layer: its factors, their eigenvectors and the
+            block's eigenvalues (float64).
         names: the parameters the operator covers, in the order of the flat vector.
         kind: ``"mc"``, ``"empirical"`` or ``"type2"``.
 
@@ -109,22 +74,20 @@ class KFACOperator(LinearOperator):
         self.blocks = list(blocks)
         self.names = list(names)
         self.kind = kind
-        self._cast = [(b.QG.to(dtype), b.QA.to(dtype), b.values.to(dtype)) for b in blocks]
+        self._bases = [(b.QG.to(dtype), b.QA.to(dtype)) for b in blocks]
         self._factors = [(b.G.to(dtype), b.A.to(dtype)) for b in blocks]
 
     # ------------------------------------------------------------------ products
     def _apply(self, V: torch.Tensor, values: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``Q diag(values) Qᵀ V``, block by block, in the Kronecker eigenbases."""
         out = torch.empty_like(V)
-        for block, (QG, QA, _), D in zip(self.blocks, self._cast, values, strict=True):
+        for block, (QG, QA), D in zip(self.blocks, self._bases, values, strict=True):
             X = block.layer.gather(V)
-            Y = QG @ ((QG.T @ X @ QA) * D) @ QA.T
-            block.layer.scatter(Y, out)
+            block.layer.scatter(QG @ ((QG.T @ X @ QA) * D) @ QA.T, out)
         return out
 
     def _matmat(self, X: torch.Tensor) -> torch.Tensor:
-        if type(self) is not KFACOperator:  # refitted eigenvalues: the eigenbasis form
-            return self._apply(X, [c[2] for c in self._cast])
-        out = torch.empty_like(X)  # K-FAC's own blocks: (G ⊗ A) vec(W̃) = vec(G W̃ A), cheaper
+        out = torch.empty_like(X)  # (G ⊗ A) vec(W̃) = vec(G W̃ A): two small products per layer
         for block, (G, A) in zip(self.blocks, self._factors, strict=True):
             block.layer.scatter(G @ block.layer.gather(X) @ A, out)
         return out
@@ -221,7 +184,7 @@ class KFACOperator(LinearOperator):
                 of per-example losses; ``kind="mc"`` on a loss with no known likelihood.
             NonFiniteError: non-finite factors (the data, the model or the loss at the point).
         """
-        fit = _Fit.build(
+        fit = Fit.build(
             model, loss_fn, data, kind, mc_samples, seed, likelihood, modules, transposed,
             progress, batch_size_of, process_group, timeout,
         )  # fmt: skip
@@ -237,6 +200,15 @@ class EKFACOperator(KFACOperator):
     [`from_module`][linop.KFACOperator.from_module], and the same exact ``eigh`` and damped
     inverse."""
 
+    def __init__(
+        self, blocks: Sequence[KroneckerEigen], names: Sequence[str], dtype: torch.dtype, kind: str
+    ) -> None:
+        super().__init__(blocks, names, dtype, kind)
+        self._values = [b.values.to(dtype) for b in blocks]  # its own: not λ_G λ_Aᵀ
+
+    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
+        return self._apply(X, self._values)
+
 
 class _Spectral(LinearOperator):
     """``Q f(Λ) Qᵀ`` for a K-FAC-structured operator's eigenvectors ``Q``."""
@@ -248,177 +220,3 @@ class _Spectral(LinearOperator):
 
     def _matmat(self, X: torch.Tensor) -> torch.Tensor:
         return self.of._apply(X, self.values)
-
-
-@dataclass
-class _Fit:
-    """The passes over the data that fit the factors and the eigenvalue corrections."""
-
-    model: torch.nn.Module
-    loss: ModuleLoss
-    params: dict[str, torch.Tensor]
-    layers: list[KroneckerLayer]
-    names: list[str]
-    source: Any
-    kind: str
-    mc_samples: int
-    seed: int
-    likelihood: str | None
-    progress: bool
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(iter(self.params.values())).dtype
-
-    @classmethod
-    def build(
-        cls, model: Any, loss_fn: Any, data: Any, kind: str, mc_samples: int, seed: int,
-        likelihood: str | None, modules: Any, transposed: Sequence[type], progress: bool,
-        batch_size_of: Any, process_group: Any, timeout: float,
-    ) -> _Fit:  # fmt: skip
-        from linop.curvature.ggn import GGNOperator  # the checks of the loss and the batch
-
-        if kind not in KFAC_KINDS:
-            raise ValueError(f"unknown kind {kind!r}; valid kinds are {KFAC_KINDS}")
-        positive_int("mc_samples", mc_samples, allow_none=False)
-        seed = check_seed(seed)
-        params, buffers = module_point(model)
-        layers, names = kfac_layers(model, params, modules, transposed)
-        if not layers:
-            raise ValueError(
-                "no layer to factor: K-FAC needs at least one nn.Linear, nn.Conv2d or "
-                "transposed linear layer with a trainable weight"
-            )
-        loss = ModuleLoss(model, loss_fn, buffers)
-        source = as_source(
-            [data] if one_batch(data) else data,
-            examples_in=batch_size_of,
-            process_group=process_group,
-            timeout=timeout,
-        )
-        first = next(iter(source), None)
-        if first is None:
-            raise ValueError("the dataset has no batches")
-        probe = GGNOperator(loss.outputs, loss_fn, params, first, likelihood=likelihood)
-        if kind == "mc" and probe.likelihood is None:
-            raise ValueError(
-                f"kind='mc' samples targets from the model's predictive distribution, known "
-                f"only for {'; '.join(f'{k}: {v}' for k, v in LIKELIHOODS.items())}; got "
-                f"{loss_fn!r}: pass likelihood=..., or use kind='type2' or 'empirical'"
-            )
-        return cls(
-            model, loss, params, layers, names, source, kind, mc_samples, seed,
-            probe.likelihood, progress,
-        )  # fmt: skip
-
-    def _passes(self, desc: str) -> Iterable[tuple[int, dict[str, torch.Tensor], list[Any]]]:
-        """For each batch: its example count, each layer's input rows, and for every output
-        cotangent, each layer's output-gradient rows."""
-        live = {k: p.detach().requires_grad_(k in self.names) for k, p in self.params.items()}
-        batches = tqdm(
-            self.source, total=self.source.num_batches(), desc=desc, disable=not self.progress,
-            leave=False,
-        )  # fmt: skip
-        for batch in batches:
-            X, y = batch[0], batch[-1]
-            with Capture(self.layers) as cap, torch.enable_grad():
-                out = self.loss.outputs(live, X)
-            U = self._cotangents(out.detach(), X, y)
-            targets = [cap.outputs[layer.name] for layer in self.layers]
-            rows = {layer.name: layer.input_rows(cap.inputs[layer.name]) for layer in self.layers}
-            grads = []
-            for k in range(U.shape[0]):
-                g = torch.autograd.grad(out, targets, U[k], retain_graph=k < U.shape[0] - 1)
-                grads.append([ly.output_rows(t) for ly, t in zip(self.layers, g, strict=True)])
-            yield self.source.examples_in(batch), rows, grads
-
-    def _cotangents(self, out: torch.Tensor, X: Any, y: Any) -> torch.Tensor:
-        fn = self.loss.loss_fn
-        if self.kind == "type2":
-            return output_hessian_sqrt(self.likelihood, fn, out, y)
-        if self.kind == "empirical":
-            return output_gradients(fn, out, [y])
-        assert self.likelihood is not None
-        sampled = sample_targets(self.likelihood, out, (X,), self.mc_samples, self.seed)
-        return output_gradients(fn, out, list(sampled))
-
-    def _reduce(
-        self, sums: list[torch.Tensor], labels: list[str], count: int, what: str
-    ) -> list[torch.Tensor]:
-        """The sums all-reduced over the source (one collective) and divided by the example
-        count; ``labels`` name the layer of each, for the error on non-finite entries."""
-        flat, count = self.source.reduce(torch.cat([s.reshape(-1) for s in sums]), count)
-        if count == 0:
-            raise ValueError("the dataset has no examples")
-        flat = flat / count
-        out, start = [], 0
-        for s, label in zip(sums, labels, strict=True):
-            piece = flat[start : start + s.numel()].reshape(s.shape)
-            if not bool(torch.isfinite(piece).all()):
-                raise NonFiniteError(
-                    f"the {what} of layer {label!r} have NaN or infinite entries: some input "
-                    f"of the data, or the model or the loss at the point, is not finite"
-                )
-            out.append(piece)
-            start += s.numel()
-        return out
-
-    def _acc(self) -> torch.dtype:
-        return torch.float64 if self.dtype == torch.float64 else torch.float32
-
-    def kronecker(self) -> list[KroneckerEigen]:
-        """One pass: the factors ``A`` and ``G`` of every layer, and their eigendecompositions."""
-        acc, L = self._acc(), len(self.layers)
-        sums: list[torch.Tensor] | None = None
-        count = 0
-        for nb, rows, grads in self._passes("K-FAC factors"):
-            batch = []
-            for layer in self.layers:
-                a = rows[layer.name].to(acc)
-                batch.append(a.flatten(0, 1).T @ a.flatten(0, 1) / a.shape[1])
-            for i in range(L):
-                g = torch.cat([gk[i].to(acc).flatten(0, 1) for gk in grads])
-                batch.append(g.T @ g)
-            sums = batch if sums is None else [s + b for s, b in zip(sums, batch, strict=True)]
-            count += nb
-        assert sums is not None
-        weight = self.mc_samples if self.kind == "mc" else 1
-        sums = sums[:L] + [g / weight for g in sums[L:]]
-        L = len(self.layers)
-        pairs = [t for i in range(L) for t in (sums[i], sums[L + i])]
-        labels = [layer.name or "<model>" for layer in self.layers for _ in range(2)]
-        reduced = self._reduce(pairs, labels, count, "K-FAC factors")
-        blocks = []
-        for i, layer in enumerate(self.layers):
-            A, G = reduced[2 * i].double(), reduced[2 * i + 1].double()
-            lA, QA = torch.linalg.eigh((A + A.T) / 2)
-            lG, QG = torch.linalg.eigh((G + G.T) / 2)
-            values = torch.outer(lG.clamp_min(0), lA.clamp_min(0))
-            blocks.append(KroneckerEigen(layer, A, G, QA, QG, values))
-        return blocks
-
-    def corrected(self, blocks: list[KroneckerEigen]) -> list[KroneckerEigen]:
-        """A second pass: the eigenvalues refitted to the per-example gradients projected into
-        each block's eigenbasis."""
-        acc = self._acc()
-        Q = [(b.QG.to(acc), b.QA.to(acc)) for b in blocks]
-        sums = [torch.zeros_like(b.values, dtype=acc) for b in blocks]
-        count = 0
-        for nb, rows, grads in self._passes("EK-FAC eigenvalues"):
-            for i, layer in enumerate(self.layers):
-                QG, QA = Q[i]
-                a = rows[layer.name].to(acc) @ QA  # (B, R, in')
-                step = max(1, _EKFAC_CHUNK_ELEMENTS // max(1, sums[i].numel()))
-                for gk in grads:
-                    g = gk[i].to(acc) @ QG  # (B, R, out)
-                    if g.shape[1] == 1:  # no weight sharing: (g ⊗ a)² = g² ⊗ a², one product
-                        sums[i] += g[:, 0].square().T @ a[:, 0].square()
-                        continue
-                    for s in range(0, g.shape[0], step):
-                        M = torch.einsum("bro,bri->boi", g[s : s + step], a[s : s + step])
-                        sums[i] += M.square().sum(0)
-            count += nb
-        weight = self.mc_samples if self.kind == "mc" else 1
-        labels = [layer.name or "<model>" for layer in self.layers]
-        reduced = self._reduce([s / weight for s in sums], labels, count, "EK-FAC eigenvalues")
-        return [replace(b, values=v.double()) for b, v in zip(blocks, reduced, strict=True)]
