@@ -162,12 +162,16 @@ def source_info(package: str | Path) -> dict[str, Any]:
     }
 
 
-def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
+def write_jsonl(
+    path: str | Path, records: Iterable[dict[str, Any]], source: str | Path | None = None
+) -> Path:
     """Write one JSON object per line, each with ``machine`` and ``timestamp`` added.
 
     Args:
         path: the output file (its folder is created; an existing file is overwritten).
         records: the measurements.
+        source: a folder of the repository whose :func:`source_info` goes into every record
+            as ``source`` (which version of our code was measured).
 
     Returns:
         The path written.
@@ -176,9 +180,11 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    extra = {"source": source_info(source)} if source is not None else {}
     with path.open("w") as f:
         for record in records:
-            f.write(json.dumps({**record, "machine": machine, "timestamp": stamp}) + "\n")
+            line = {**record, **extra, "machine": machine, "timestamp": stamp}
+            f.write(json.dumps(line) + "\n")
     return path
 
 

@@ -362,33 +362,57 @@ def kronfluence_arguments(strategy: str, empirical: bool, lam: float) -> tuple[A
     return factor_args, score_args
 
 
-def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
+def kronfluence_analyzer(name: str, model: torch.nn.Module, output_dir: str) -> Any:
+    """A quiet CPU ``Analyzer`` of ``model`` (prepared for :func:`kronfluence_task`) writing to
+    ``output_dir``. Imports kronfluence: call it in the reference's subprocess."""
     import logging
 
     from kronfluence.analyzer import Analyzer, prepare_model
+
+    task = kronfluence_task()
+    return Analyzer(
+        name,
+        prepare_model(model, task),
+        task,
+        cpu=True,
+        disable_tqdm=True,
+        output_dir=output_dir,
+        log_level=logging.WARNING,
+    )
+
+
+def kronfluence_pairwise(
+    analyzer: Any, score_args: Any, query: tuple[Any, Any], train: tuple[Any, Any]
+) -> torch.Tensor:
+    """kronfluence's pairwise scores ``(T, R)`` of the ``query`` against the ``train`` examples
+    (each ``(X, y)``, one batch each) from the factors fitted as ``"factors"``."""
+    data = torch.utils.data.TensorDataset
+    analyzer.compute_pairwise_scores(
+        "scores",
+        "factors",
+        query_dataset=data(*query),
+        train_dataset=data(*train),
+        per_device_query_batch_size=query[0].shape[0],
+        per_device_train_batch_size=train[0].shape[0],
+        score_args=score_args,
+        overwrite_output_dir=True,
+    )
+    return analyzer.load_pairwise_scores("scores")["all_modules"]
+
+
+def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
     from kronfluence.version import __version__
 
     torch.manual_seed(0)  # the sampled labels of the MC Fisher
-    data = torch.utils.data.TensorDataset
     X, y, reps = cfg["X"], cfg["y"], cfg["mc_samples"]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        task = kronfluence_task()
-        model = prepare_model(linear_mlp(cfg["state"]), task)
-        analyzer = Analyzer(
-            "attribution",
-            model,
-            task,
-            cpu=True,
-            disable_tqdm=True,
-            output_dir=tmp,
-            log_level=logging.WARNING,
-        )
+        analyzer = kronfluence_analyzer("attribution", linear_mlp(cfg["state"]), tmp)
         factor_args, score_args = kronfluence_arguments(
             cfg["strategy"], cfg["empirical"], cfg["lam"]
         )
         # mc_samples sampled labels per example: the training set repeated, one draw per repeat
-        fit_set = data(X.repeat(reps, 1), y.repeat(reps))
+        fit_set = torch.utils.data.TensorDataset(X.repeat(reps, 1), y.repeat(reps))
         analyzer.fit_all_factors(
             "factors",
             fit_set,
@@ -396,17 +420,12 @@ def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
             factor_args=factor_args,
             overwrite_output_dir=True,
         )
-        analyzer.compute_pairwise_scores(
-            "scores",
-            "factors",
-            query_dataset=data(cfg["X_test"], cfg["y_test"]),
-            train_dataset=data(cfg["X_removed"], cfg["y_removed"]),
-            per_device_query_batch_size=cfg["X_test"].shape[0],
-            per_device_train_batch_size=cfg["X_removed"].shape[0],
-            score_args=score_args,
-            overwrite_output_dir=True,
-        )
-        scores = analyzer.load_pairwise_scores("scores")["all_modules"]  # (T, R)
+        scores = kronfluence_pairwise(
+            analyzer,
+            score_args,
+            (cfg["X_test"], cfg["y_test"]),
+            (cfg["X_removed"], cfg["y_removed"]),
+        )  # (T, R)
         seconds = time.perf_counter() - start
     torch.save({"scores": scores.detach().to(torch.float64)}, cfg["out"])
     return {"seconds": seconds, "version": __version__, "fit_examples": len(fit_set)}

@@ -25,7 +25,7 @@ import torch
 import linop
 from benchmarks import _mlp_problems as problems
 from benchmarks._digits import limit_threads
-from benchmarks._harness import REPO_ROOT, source_info, write_jsonl
+from benchmarks._harness import REPO_ROOT, write_jsonl
 from benchmarks._rhs_references import timed
 
 FULL = {"problem": {"num_rhs": 1}, "budgets": [50, 100, 200], "seeds": 10}
@@ -128,9 +128,9 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     )
     print("\n".join(lines))
     info = {"parameters": n, "true_trace": truth["trace"], "negative_fraction": negative}
-    source = source_info(REPO_ROOT / "linop")
     out = args.out or REPO_ROOT / "benchmarks" / "out" / "estimators_cpu.jsonl"
-    print(f"wrote {write_jsonl(out, [{**r, **info, 'source': source} for r in records])}")
+    rows = [{**r, **info} for r in records]
+    print(f"wrote {write_jsonl(out, rows, source=REPO_ROOT / 'linop')}")
     return {"records": records, "table": lines, "info": info}
 
 

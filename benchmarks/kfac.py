@@ -28,7 +28,7 @@ import torch
 
 from benchmarks import _mlp_problems as problems
 from benchmarks._digits import limit_threads
-from benchmarks._harness import REPO_ROOT, source_info, write_jsonl
+from benchmarks._harness import REPO_ROOT, write_jsonl
 from benchmarks._rhs_references import LADDER, TARGETS, search, timed
 from benchmarks.many_rhs import reference_solutions
 
@@ -191,8 +191,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         results[name] = {"rows": rows, "costs": costs}
     print("\n".join(lines))
     out = args.out or REPO_ROOT / "benchmarks" / "out" / "kfac_cpu.jsonl"
-    source = source_info(REPO_ROOT / "linop")
-    print(f"wrote {write_jsonl(out, [{**r, 'source': source} for r in records])}")
+    print(f"wrote {write_jsonl(out, records, source=REPO_ROOT / 'linop')}")
     return {"results": results, "table": lines}
 
 

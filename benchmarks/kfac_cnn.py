@@ -358,22 +358,22 @@ def kronfluence_runs(
 
 def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
     """The subprocess: imports only torch, kronfluence and this file's model."""
-    import logging
-
-    from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.version import __version__
 
     try:
-        from benchmarks._kfac_references import kronfluence_arguments, kronfluence_task
+        from benchmarks._kfac_references import (
+            kronfluence_analyzer,
+            kronfluence_arguments,
+            kronfluence_pairwise,
+        )
     except ImportError:  # run as a script in front of kronfluence: this folder is on the path
         from _kfac_references import (  # type: ignore[no-redef]
+            kronfluence_analyzer,
             kronfluence_arguments,
-            kronfluence_task,
+            kronfluence_pairwise,
         )
 
     f64 = torch.float64
-
-    data = torch.utils.data.TensorDataset
     out: dict[str, Any] = {}
     record: dict[str, Any] = {"version": __version__}
     for i, (name, (strategy, empirical)) in enumerate(cfg["runs"].items()):
@@ -381,39 +381,25 @@ def _kronfluence_side(cfg: dict[str, Any]) -> dict[str, Any]:
         for rep in range(cfg["repeats"]):
             torch.manual_seed(0)  # the sampled labels of the MC Fisher
             with tempfile.TemporaryDirectory() as tmp:
-                task = kronfluence_task()
-                model = prepare_model(build_model(cfg["channels"], cfg["state"]), task)
-                analyzer = Analyzer(
-                    f"cnn{i}_{rep}",
-                    model,
-                    task,
-                    cpu=True,
-                    disable_tqdm=True,
-                    output_dir=tmp,
-                    log_level=logging.WARNING,
-                )
+                model = build_model(cfg["channels"], cfg["state"])
+                analyzer = kronfluence_analyzer(f"cnn{i}_{rep}", model, tmp)
                 factor_args, score_args = kronfluence_arguments(strategy, empirical, cfg["lam"])
                 start = time.perf_counter()
                 analyzer.fit_all_factors(
                     "factors",
-                    data(cfg["X"], cfg["y"]),
+                    torch.utils.data.TensorDataset(cfg["X"], cfg["y"]),
                     per_device_batch_size=cfg["fit_batch"],
                     factor_args=factor_args,
                     overwrite_output_dir=True,
                 )
                 fits.append(time.perf_counter() - start)
                 start = time.perf_counter()
-                analyzer.compute_pairwise_scores(
-                    "scores",
-                    "factors",
-                    query_dataset=data(cfg["X_query"], cfg["y_query"]),
-                    train_dataset=data(cfg["X_scored"], cfg["y_scored"]),
-                    per_device_query_batch_size=cfg["X_query"].shape[0],
-                    per_device_train_batch_size=cfg["X_scored"].shape[0],
-                    score_args=score_args,
-                    overwrite_output_dir=True,
-                )
-                scores = analyzer.load_pairwise_scores("scores")["all_modules"]  # (T, R)
+                scores = kronfluence_pairwise(
+                    analyzer,
+                    score_args,
+                    (cfg["X_query"], cfg["y_query"]),
+                    (cfg["X_scored"], cfg["y_scored"]),
+                )  # (T, R)
                 scorings.append(time.perf_counter() - start)
                 cov = analyzer.load_covariance_matrices("factors")
         A, G, counts = {}, {}, {}
@@ -467,7 +453,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     E = ours["EK-FAC empirical"]["operator"]
     exact = {b.layer.name: float(b.values.sum()) for b in E.blocks}  # = tr of the exact block
 
-    from benchmarks._harness import ReferenceUnavailable, source_info, write_jsonl
+    from benchmarks._harness import ReferenceUnavailable, write_jsonl
 
     kron: dict[str, Any] | None = None
     unavailable = None
@@ -535,10 +521,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "test_accuracy": problem["test_accuracy"],
         "locations": R,
         "kronfluence_wall_seconds": None if kron is None else kron["record"]["wall_seconds"],
-        "source": source_info(REPO_ROOT / "linop"),
     }
     out = args.out or REPO_ROOT / "benchmarks" / "out" / "kfac_cnn_cpu.jsonl"
-    print(f"wrote {write_jsonl(out, [{**info, **r} for r in rows])}")
+    print(f"wrote {write_jsonl(out, [{**info, **r} for r in rows], source=REPO_ROOT / 'linop')}")
     return {"rows": rows, "table": lines, "config": cfg, "problem": problem, "locations": R}
 
 

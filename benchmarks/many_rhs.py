@@ -47,7 +47,6 @@ from benchmarks._harness import (
     REPO_ROOT,
     ReferenceUnavailable,
     run_reference,
-    source_info,
     write_jsonl,
 )
 from benchmarks._rhs_references import LADDER, RANK, TARGETS, search, timed
@@ -313,8 +312,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         results[name] = {"info": info, "rows": rows}
     print("\n".join(lines))
     out = args.out or REPO_ROOT / "benchmarks" / "out" / "many_rhs_cpu.jsonl"
-    source = source_info(REPO_ROOT / "linop")
-    print(f"wrote {write_jsonl(out, [{**r, 'source': source} for r in records])}")
+    print(f"wrote {write_jsonl(out, records, source=REPO_ROOT / 'linop')}")
     return {"results": results, "table": lines, "config": config}
 
 
