@@ -3,18 +3,21 @@ dattri 0.2.0 itself.
 
 Problem: sklearn's bundled digits (1200 training / 200 test points, standardised), a multinomial
 logistic regression ``nn.Linear(64, 10)`` (650 parameters, float32, dattri's default dtype)
-trained to convergence. Each side runs in its own subprocess, one after the other, with the same
-script:
+trained to convergence. Two copies of dattri 0.2.0's package run side by side in one process,
+each under its own name:
 
-- ``reference``: dattri 0.2.0 as published;
-- ``ours``: dattri 0.2.0's package with its ``dattri.func`` (hessian, projection, utils) replaced
-  by this repository's — so ``dattri.algorithm`` (the attributors) runs unchanged on linop.
+- ``dattri_ref``: dattri 0.2.0 as published;
+- ``dattri_ours``: dattri 0.2.0's package with its ``dattri.func`` (hessian, projection, utils)
+  replaced by this repository's — so ``dattri.algorithm`` (the attributors) runs unchanged on
+  linop.
 
-Measured (median of ``--reps`` calls after a warm-up): ``ihvp_at_x_cg(..., max_iter=100)`` and
-``ihvp_at_x_explicit`` on 200 test gradients at once, and ``IFAttributorExplicit`` /
-``IFAttributorCG`` (a fresh attributor's ``cache`` then ``attribute`` of 300 × 50 scores), with 1
-and 2 torch threads, on an idle machine and with another process busy on one core. The answers
-of both sides are compared (relative difference of the IHVPs).
+Measured: ``ihvp_at_x_cg(..., max_iter=100)`` and ``ihvp_at_x_explicit`` on 200 test gradients
+at once, and ``IFAttributorExplicit`` / ``IFAttributorCG`` (a fresh attributor's ``cache`` then
+``attribute`` of 300 × 50 scores), with 1 and 2 torch threads, on an idle machine and with another
+process busy on one core. Each side is warmed up, then the two sides' calls alternate (``--reps``
+of each, the side going first alternating too) and each side's median is reported: on a shared
+machine the load drifts over minutes, and sides measured one after the other differed by ±25 %
+between runs. The answers of both sides are compared (relative difference).
 
 Run ``python -m benchmarks.dattri_layer`` (a few minutes); JSON lines go to
 ``benchmarks/out/dattri_layer_cpu.jsonl``.
@@ -26,6 +29,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,17 +41,19 @@ from benchmarks._harness import DATTRI_REF, REPO_ROOT, ensure_reference, write_j
 
 # The script each side runs: it prints one JSON object of timings and answers.
 SCRIPT = r"""
-import json, statistics, sys, time, warnings
+import importlib, json, statistics, sys, time, warnings
 import numpy as np, torch
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
-import dattri
-from dattri.func.hessian import ihvp_at_x_cg, ihvp_at_x_explicit
-from dattri.algorithm.influence_function import IFAttributorCG, IFAttributorExplicit
-from dattri.task import AttributionTask
 
 warnings.simplefilter("ignore")
 threads, reps = int(sys.argv[1]), int(sys.argv[2])
+SIDES = {"dattri": "dattri_ref", "ours": "dattri_ours"}
+mods = {
+    side: {part: importlib.import_module(f"{pkg}.{part}")
+           for part in ("func.hessian", "algorithm.influence_function", "task")}
+    for side, pkg in SIDES.items()
+}
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 X, y = load_digits(return_X_y=True)
@@ -79,47 +85,62 @@ def per_example(t, x, yy):
 
 G = torch.func.vmap(torch.func.grad(per_example), in_dims=(None, 0, 0))(theta, Xte, yte)
 
-def median(fn):
-    fn()
-    samples = []
-    for _ in range(reps):
-        t = time.perf_counter(); fn(); samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
-
-out = {"dattri": dattri.__file__, "version": getattr(dattri, "__version__", "0.2.0")}
-cg = ihvp_at_x_cg(loss_flat, theta, max_iter=100, regularization=lam)
-out["cg_seconds"] = median(lambda: cg(G))
-out["cg_answer"] = cg(G).tolist()
-explicit = lambda: ihvp_at_x_explicit(loss_flat, theta, regularization=lam)(G)
-out["explicit_seconds"] = median(explicit)
-out["explicit_answer"] = explicit().tolist()
-
 def f(params, pair):
     image, label = pair
     logits = torch.func.functional_call(model, params, image)
     return torch.nn.functional.cross_entropy(logits, label.long())
 
-task = AttributionTask(loss_func=f, model=model, checkpoints=model.state_dict())
 train = DataLoader(TensorDataset(Xtr[:300], ytr[:300]), batch_size=100)
 test = DataLoader(TensorDataset(Xte[:50], yte[:50]), batch_size=50)
-for name, cls in (("if_explicit", IFAttributorExplicit), ("if_cg", IFAttributorCG)):
-    def attribute(cls=cls):  # a fresh attributor each call: cache, then attribute
-        a = cls(task=task, device=torch.device("cpu"), regularization=lam)
-        a.cache(train)
-        return a.attribute(train, test)
-    out[name + "_seconds"] = median(attribute)
-    out[name + "_scores"] = attribute().tolist()
+
+def works(m):
+    hessian, influence = m["func.hessian"], m["algorithm.influence_function"]
+    task = m["task"].AttributionTask(loss_func=f, model=model, checkpoints=model.state_dict())
+    cg = hessian.ihvp_at_x_cg(loss_flat, theta, max_iter=100, regularization=lam)
+    def attributor(cls):
+        def attribute():  # a fresh attributor each call: cache, then attribute
+            a = cls(task=task, device=torch.device("cpu"), regularization=lam)
+            a.cache(train)
+            return a.attribute(train, test)
+        return attribute
+    return {
+        "cg": lambda: cg(G),
+        "explicit": lambda: hessian.ihvp_at_x_explicit(loss_flat, theta, regularization=lam)(G),
+        "if_explicit": attributor(influence.IFAttributorExplicit),
+        "if_cg": attributor(influence.IFAttributorCG),
+    }
+
+calls = {side: works(m) for side, m in mods.items()}
+out = {side: {"dattri": mods[side]["task"].__file__} for side in SIDES}
+for work in calls["ours"]:
+    samples = {side: [] for side in SIDES}
+    for side in SIDES:  # warm-up; the answer
+        out[side][work + "_answer"] = calls[side][work]().tolist()
+    for rep in range(reps):
+        for side in (list(SIDES) if rep % 2 == 0 else list(SIDES)[::-1]):
+            t = time.perf_counter()
+            calls[side][work]()
+            samples[side].append(time.perf_counter() - t)
+    for side in SIDES:
+        out[side][work + "_seconds"] = statistics.median(samples[side])
 print(json.dumps(out))
 """
 
 
-def _hybrid(folder: Path, reference: Path) -> Path:
-    """dattri 0.2.0's package with our ``dattri.func`` modules in place of its own."""
-    shutil.copytree(reference / "dattri", folder / "dattri")
-    for source in (REPO_ROOT / "dattri" / "func").glob("*.py"):
-        if source.name != "__init__.py":
-            shutil.copy(source, folder / "dattri" / "func" / source.name)
-    return folder
+def _renamed(folder: Path, reference: Path, name: str, ours: bool) -> None:
+    """dattri 0.2.0's package as ``name`` in ``folder`` (its absolute imports renamed), with our
+    ``dattri.func`` modules in place of its own when ``ours``."""
+    package = folder / name
+    shutil.copytree(reference / "dattri", package)
+    if ours:
+        for source in (REPO_ROOT / "dattri" / "func").glob("*.py"):
+            if source.name != "__init__.py":
+                shutil.copy(source, package / "func" / source.name)
+    for source in package.rglob("*.py"):
+        text = source.read_text(encoding="utf-8")
+        renamed = re.sub(r"^(\s*)(from|import) dattri\b", rf"\1\2 {name}", text, flags=re.M)
+        if renamed != text:
+            source.write_text(renamed, encoding="utf-8")
 
 
 def _burn(stop: Any) -> None:  # pragma: no cover - runs in a child process
@@ -128,7 +149,7 @@ def _burn(stop: Any) -> None:  # pragma: no cover - runs in a child process
         x = (x * 1103515245 + 12345) % 2**31
 
 
-def _side(path: Path, threads: int, reps: int) -> dict[str, Any]:
+def _sides(path: Path, threads: int, reps: int) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(path), str(REPO_ROOT)]))
     done = subprocess.run(
         [sys.executable, "-P", "-c", SCRIPT, str(threads), str(reps)],
@@ -162,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     reference = ensure_reference(DATTRI_REF)
     records = []
     with tempfile.TemporaryDirectory() as tmp:
-        hybrid = _hybrid(Path(tmp), reference)
+        for name, ours in (("dattri_ref", False), ("dattri_ours", True)):
+            _renamed(Path(tmp), reference, name, ours)
         for load in ("idle", "busy"):
             stop = multiprocessing.Event()
             burner = multiprocessing.Process(target=_burn, args=(stop,)) if load == "busy" else None
@@ -170,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 burner.start()
             try:
                 for threads in (1, 2):
-                    ref = _side(reference, threads, args.reps)
-                    ours = _side(hybrid, threads, args.reps)
+                    both = _sides(Path(tmp), threads, args.reps)
+                    ref, ours = both["dattri"], both["ours"]
                     print(f"-- {load} machine, {threads} torch thread(s)")
                     for key, label in (
                         ("cg", "ihvp_at_x_cg, 200 vectors, max_iter=100"),
@@ -179,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                         ("if_explicit", "IFAttributorExplicit 300 x 50"),
                         ("if_cg", "IFAttributorCG 300 x 50"),
                     ):
-                        answer = "_answer" if key in ("cg", "explicit") else "_scores"
-                        diff = _relative(ours[key + answer], ref[key + answer])
+                        diff = _relative(ours[key + "_answer"], ref[key + "_answer"])
                         t_ref, t_ours = ref[key + "_seconds"], ours[key + "_seconds"]
                         print(
                             f"   {label:42s} dattri {t_ref:8.3f} s  ours {t_ours:8.3f} s  "

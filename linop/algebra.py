@@ -223,7 +223,7 @@ class RegularizedOperator(LinearOperator):
 
     def _matmat(self, X: torch.Tensor) -> torch.Tensor:
         out = self.base._matmat(X)
-        return out + self.shift * X if self.shift else out
+        return torch.add(out, X, alpha=self.shift) if self.shift else out
 
     def _adjoint(self) -> LinearOperator:
         return self if self.tags.symmetric else RegularizedOperator(self.base.adjoint(), self.shift)

@@ -88,8 +88,9 @@ class FlatSpec:
             raise ShapeMismatchError(
                 f"expected a flat vector of shape ({self.size},), got {tuple(vector.shape)}"
             )
-        if self.kind == "tensor":
-            return vector.reshape(self.shapes[0])
+        if self.kind == "tensor":  # a 1-D tensor is its own flat vector: no op
+            shape = self.shapes[0]
+            return vector if vector.shape == shape else vector.reshape(shape)
         parts = [
             p.reshape(s)
             for p, s in zip(torch.split(vector, list(self.numels)), self.shapes, strict=True)

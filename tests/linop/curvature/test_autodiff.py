@@ -179,9 +179,31 @@ def test_learned_chunks_do_not_change_hessian_products(k):
     assert_close(H.to_dense(), HessianOperator(loss, (w, X, y), chunk_size=1).to_dense())
 
 
-def test_near_ties_go_to_the_larger_size_only_among_quick_products():
+def test_near_ties_go_to_the_larger_size():
     chunks = ColumnChunks()
     chunks.seconds = {16: 1.00e-5, 32: 1.05e-5, 64: 1.5e-5}  # products well under 5 ms
     assert chunks.best() == 32  # within 10 %: fewer products win
-    chunks.seconds = {16: 1.00e-3, 32: 1.05e-3}  # 33 ms products: the time decides
-    assert chunks.best() == 16
+    chunks.seconds = {16: 1.00e-3, 32: 1.05e-3, 64: 1.2e-3}  # 33 ms products: the same rule
+    assert chunks.best() == 32
+    chunks.seconds = {8: 1.00e-3, 16: 1.2e-3}  # beyond the tolerance, the time decides
+    assert chunks.best() == 8
+
+
+def test_re_timings_back_off_while_they_confirm_the_best(monkeypatch):
+    # one product of all 64 columns is best; its half, tried once at call 3, is re-timed at calls
+    # 8, 24, 56, 120, 184, 248 (the interval doubling up to 64), not every 8th call
+    clock = FakeClock(monkeypatch, lambda size: 1.0 + size)
+    chunks = ColumnChunks(start=64, explore=8)
+    for _ in range(300):
+        chunks.apply(_double, torch.ones(3, 64))
+    halves = [i for i, size in enumerate(clock.sizes) if size == 32]
+    assert len(halves) == 2 * (1 + 6)  # each such call: two products of 32
+    assert chunks.size == 64
+    # a new best (64 is now slow) re-times its neighbours every `explore` calls again
+    clock.cost = lambda size: 1.0 + size * (1.0 if size <= 32 else 10.0)
+    for _ in range(10):
+        chunks.apply(_double, torch.ones(3, 64))
+        if chunks.best() == 32:
+            break
+    assert chunks.best() == 32 and chunks._interval == chunks.explore
+    assert chunks._due == chunks.calls + chunks.explore

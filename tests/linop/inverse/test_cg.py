@@ -15,6 +15,7 @@ from linop import (
     DenseOperator,
     DiagonalOperator,
     NegativeCurvatureWarning,
+    NonFiniteError,
     StopReason,
     Tags,
     solve,
@@ -246,3 +247,46 @@ def test_true_residual_false_saves_one_product_per_column_and_reports_the_recurs
     assert unchecked.info.converged.all() and (unchecked.info.residuals <= 1e-8).all()
     true = (B - A @ X2).norm(dim=0) / B.norm(dim=0)
     assert_close(unchecked.info.residuals, true, 1e-6)  # recursive ≈ true here
+
+
+class _BreaksAfter(DenseOperator):
+    """A symmetric positive definite matrix whose products turn ``value`` (NaN or infinite) in
+    column ``column`` from the ``after``-th product on: a user ``_matmat`` that fails mid-solve."""
+
+    def __init__(self, matrix: torch.Tensor, column: int, after: int, value: float) -> None:
+        super().__init__(matrix, Tags(psd=True))
+        self.column, self.after, self.value, self.calls = column, after, value, 0
+
+    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = super()._matmat(X)
+        if self.calls > self.after and out.shape[1] > self.column:
+            out[0, self.column] = self.value
+        return out
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("every", [1, 4])
+def test_products_that_turn_non_finite_mid_solve_raise_naming_the_columns(value, every):
+    A = _BreaksAfter(_spd(20, 7), column=2, after=3, value=value)
+    B = torch.randn(20, 4, dtype=D64, generator=_gen(11))
+    with pytest.raises(NonFiniteError, match=r"in 1 column\(s\).*not finite"):
+        A.inverse("cg", rtol=1e-12, check_every=every) @ B
+
+
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_cg_answers_do_not_depend_on_the_memory_layout_nor_alias_the_input(layout):
+    A = DenseOperator(_spd(25, 8), Tags(psd=True))
+    B = torch.randn(6, 25, dtype=D64, generator=_gen(12)).T  # each column contiguous
+    B = B.contiguous() if layout == "rows" else B
+    before = B.clone()
+    X = A.inverse("cg", rtol=1e-10) @ B
+    assert_close(X, torch.linalg.solve(A.matrix, before), 1e-8)
+    # zero iterations from x0 = B: the answer is B's values in a tensor of its own
+    same = A.inverse("cg", x0=lambda B: B, maxiter=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        X0 = same @ B
+    assert torch.equal(X0, before)
+    X0.add_(1.0)
+    assert torch.equal(B, before)
