@@ -210,9 +210,9 @@ class ColumnChunks:
                 self.samples[size] = self.samples.get(size, 0) + 1
                 self.size = self._next(k)
             start += size
-        best = self.best() if self.seconds else None
-        if best != self._best:  # a new best: re-time its neighbours every `explore` calls again
-            self._best, self._interval, self._due = best, self.explore, self.calls + self.explore
+        now = self.best() if self.seconds else None
+        if now != self._best:  # a new best: re-time its neighbours every `explore` calls again
+            self._best, self._interval, self._due = now, self.explore, self.calls + self.explore
         elif retimed:  # the best confirmed: back off
             self._interval = min(2 * self._interval, 8 * self.explore)
             self._due = self.calls + self._interval
