@@ -15,9 +15,10 @@ Measured: ``ihvp_at_x_cg(..., max_iter=100)`` and ``ihvp_at_x_explicit`` on 200 
 at once, and ``IFAttributorExplicit`` / ``IFAttributorCG`` (a fresh attributor's ``cache`` then
 ``attribute`` of 300 × 50 scores), with 1 and 2 torch threads, on an idle machine and with another
 process busy on one core. Each side is warmed up, then the two sides' calls alternate (``--reps``
-of each, the side going first alternating too) and each side's median is reported: on a shared
-machine the load drifts over minutes, and sides measured one after the other differed by ±25 %
-between runs. The answers of both sides are compared (relative difference).
+of each, 4 times as many for calls under a second; the side going first alternating too) and
+each side's median is reported: on a shared machine the load drifts over minutes, and sides
+measured one after the other differed by ±25 % between runs. The answers of both sides are
+compared (relative difference).
 
 Run ``python -m benchmarks.dattri_layer`` (a few minutes); JSON lines go to
 ``benchmarks/out/dattri_layer_cpu.jsonl``.
@@ -114,9 +115,11 @@ calls = {side: works(m) for side, m in mods.items()}
 out = {side: {"dattri": mods[side]["task"].__file__} for side in SIDES}
 for work in calls["ours"]:
     samples = {side: [] for side in SIDES}
+    began = time.perf_counter()
     for side in SIDES:  # warm-up; the answer
         out[side][work + "_answer"] = calls[side][work]().tolist()
-    for rep in range(reps):
+    short = time.perf_counter() - began < 2.0  # calls under a second: 4 times the calls
+    for rep in range(4 * reps if short else reps):
         for side in (list(SIDES) if rep % 2 == 0 else list(SIDES)[::-1]):
             t = time.perf_counter()
             calls[side][work]()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from linop.errors import DeviceMismatchError, NonFiniteError
@@ -35,14 +37,17 @@ def finite(t: torch.Tensor) -> bool:
 
     A sum meets any NaN or infinity among its terms (``inf - inf`` is NaN), so a finite sum
     proves every entry finite: one reduction with no temporary, 20 to 100 times cheaper than
-    ``isfinite(t).all()`` on a CPU. Only a sum that overflows (or a non-finite entry) takes the
-    entry-by-entry check.
+    ``isfinite(t).all()`` on a CPU, its value judged on the host (``torch.isfinite`` of the
+    0-d sum would cost as much as the sum of 30,000 entries). Only a sum that overflows (or a
+    non-finite entry) takes the entry-by-entry check.
 
     Example:
         >>> finite(torch.tensor([1.0, 2.0])), finite(torch.tensor([1.0, float("nan")]))
         (True, False)
     """
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+    if t.is_complex():
+        t = torch.view_as_real(t.resolve_conj())
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def all_finite(t: torch.Tensor, message: str, given: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,6 +13,7 @@ shrink to the still-active columns.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -225,8 +226,9 @@ class CGStrategy(Strategy):
                 rz = rz_new
                 it += 1
             bar.update(min(every, bar.total - bar.n))
-            state = torch.cat([on, torch.isfinite(top.max()).reshape(1)]).tolist()  # one read
-            if not state[-1]:
+            # one host read: the active columns and the largest quotient (NaN: not finite)
+            state = torch.cat([on.to(acc), top.max().reshape(1)]).tolist()
+            if not math.isfinite(state[-1]):
                 raise NonFiniteError(
                     f"CG met NaN or infinite values in {int((~torch.isfinite(top)).sum())} "
                     f"column(s): the products of {A!r} (or its preconditioner) are not finite"
