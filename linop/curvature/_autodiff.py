@@ -27,6 +27,7 @@ __all__ = [
     "MODES",
     "ColumnChunks",
     "apply_columns",
+    "balanced",
     "as_scalar",
     "check_mode",
     "hvp",
@@ -123,7 +124,9 @@ class ColumnChunks:
     small chunks look fast; a call with fewer columns than the chunk measures its own size),
     starts at ``start`` columns, tries the double of the best size (up to ``limit`` and
     to the columns of the call), then its half, while untried, and otherwise keeps the best
-    (see `best`: a larger size wins near-ties).
+    (see `best`: a larger size wins near-ties). A call's columns are split evenly (see
+    `balanced`: 650 columns at a size of 512 make two products of 325, not 512 and a slow
+    remainder of 138), and the sizes it tries are such even splits of the call.
 
     Two rules keep it from settling on a wrong size: the first product is not timed (it pays
     one-time costs, up to 25 times a product's own time), and every ``explore``-th call re-times
@@ -170,11 +173,11 @@ class ColumnChunks:
         return max(size for size, t in self.seconds.items() if t <= self.tolerance * least)
 
     def _near(self, columns: int) -> tuple[int, list[int]]:
-        """The best size so far and its neighbours: its double (at most the call's
-        ``columns``) and its half."""
+        """The best size so far and its neighbours for a call of ``columns``: its double (at
+        most the call's ``columns``) and its half, each as the even split of the call."""
         best = self.best()
-        near = (min(2 * best, self.limit, columns), best // 2)
-        return best, [size for size in near if 1 <= size != best]
+        near = (balanced(min(2 * best, self.limit, columns), columns), best // 2)
+        return best, [balanced(size, columns) for size in near if 1 <= size != best]
 
     def _next(self, columns: int) -> int:
         """The best size so far, or its double, then its half, while untried."""
@@ -194,7 +197,7 @@ class ColumnChunks:
         k, start = V.shape[1], 0
         out: torch.Tensor | None = None
         while start < k:
-            size = min(self.size, k - start)
+            size = balanced(self.size, k - start)
             began = time.perf_counter()
             part = vmap(fn, in_dims=1, out_dims=1)(V[:, start : start + size])
             if out is None:  # written chunk by chunk: no concatenation copy at the end
@@ -218,6 +221,18 @@ class ColumnChunks:
             self._due = self.calls + self._interval
         assert out is not None
         return out
+
+
+def balanced(size: int, columns: int) -> int:
+    """The chunk that splits ``columns`` evenly into as many products as chunks of at most
+    ``size`` need: never more than ``size``, and no small remainder.
+
+    Example:
+        >>> balanced(512, 650), balanced(256, 650), balanced(32, 50), balanced(100, 50)
+        (325, 217, 25, 50)
+    """
+    pieces = -(-columns // max(size, 1))
+    return -(-columns // pieces)
 
 
 def apply_columns(

@@ -14,7 +14,7 @@ from torch.func import vmap
 
 from linop import HessianOperator
 from linop.curvature import _autodiff
-from linop.curvature._autodiff import ColumnChunks, problem_key, shared_chunks
+from linop.curvature._autodiff import ColumnChunks, balanced, problem_key, shared_chunks
 from linop.testing import assert_close
 from tests.linop._helpers import gen, logreg_problem
 
@@ -59,13 +59,13 @@ def test_chunks_give_the_products_of_every_column(k, start, calls):
 
 
 def test_when_overhead_dominates_a_call_becomes_one_product(monkeypatch):
-    # 50 columns from chunks of 32: the double is capped at the call's 50 columns, so one
-    # product of all of them is tried, and kept
+    # 50 columns from chunks of at most 32: two even products of 25; the double is capped at
+    # the call's 50 columns, so one product of all of them is tried, and kept
     clock = FakeClock(monkeypatch, lambda size: 1.0 + 0.01 * size)
     chunks = ColumnChunks(start=32, explore=1000)
     for _ in range(8):
         chunks.apply(_double, torch.ones(3, 50))
-    assert clock.sizes[:2] == [32, 18]
+    assert clock.sizes[:2] == [25, 25]
     assert clock.sizes[-3:] == [50, 50, 50]
 
 
@@ -84,7 +84,7 @@ def test_it_learns_the_size_with_the_least_time_per_column(monkeypatch):
     FakeClock(monkeypatch, lambda size: 1.0 + size * (1.0 if size <= 16 else 4.0))
     chunks = ColumnChunks(start=2)
     for _ in range(12):
-        chunks.apply(_double, torch.ones(3, 100))
+        chunks.apply(_double, torch.ones(3, 96))
     assert chunks.size == 16
     assert min(chunks.seconds, key=chunks.seconds.__getitem__) == 16
 
@@ -187,6 +187,15 @@ def test_near_ties_go_to_the_larger_size():
     assert chunks.best() == 32
     chunks.seconds = {8: 1.00e-3, 16: 1.2e-3}  # beyond the tolerance, the time decides
     assert chunks.best() == 8
+
+
+def test_calls_are_split_evenly(monkeypatch):
+    # at a size of 512, 650 columns make two products of 325, not 512 and a remainder of 138
+    clock = FakeClock(monkeypatch, lambda size: 1.0 + size)
+    chunks = ColumnChunks(start=512, explore=1000)
+    chunks.apply(_double, torch.ones(2, 650))
+    assert clock.sizes == [325, 325]
+    assert [balanced(s, 650) for s in (650, 512, 326, 325, 217, 1)] == [650, 325, 325, 325, 217, 1]
 
 
 def test_re_timings_back_off_while_they_confirm_the_best(monkeypatch):
