@@ -117,18 +117,21 @@ class ColumnChunks:
     the caches it slows down again. The best chunk depends on the model, the batch and the
     machine (to materialise the Hessian of a 7850-parameter model on 4 examples, forward over
     reverse: 5.2 s with chunks of 8 columns, 0.67 s with 256, 0.78 s with 1024; on larger models
-    and batches the best chunks measured were 8 to 64). So it keeps the time per column
-    of each chunk size it used (the median of its last 5 products: a stall now and then does not
-    count, stalls that come with a size do — with more torch threads than free cores, every
-    product waits for a descheduled thread, and the rare product that escapes it must not make
-    small chunks look fast; a call with fewer columns than the chunk measures its own size),
+    and batches the best chunks measured were 8 to 64). So it keeps the time per column of each
+    chunk size it used, timed over whole calls (everything a call's chunks cost, between them
+    included; a call with fewer columns than the chunk measures its own size) and averaged over
+    the last 5 calls of that size but the slowest: one stall does not count, frequent ones do.
+    With more torch threads than free cores, a product often waits for a descheduled thread;
+    the middle of such timings makes small chunks look fast, each product's own wait hidden
+    (the logistic regression's 50-column products under CG were split into chunks of 12, and
+    took twice dattri's time), while the mean shows that more products wait more. It
     starts at ``start`` columns, tries the double of the best size (up to ``limit`` and
     to the columns of the call), then its half, while untried, and otherwise keeps the best
     (see `best`: a larger size wins near-ties). A call's columns are split evenly (see
     `balanced`: 650 columns at a size of 512 make two products of 325, not 512 and a slow
     remainder of 138), and the sizes it tries are such even splits of the call.
 
-    Two rules keep it from settling on a wrong size: the first product is not timed (it pays
+    Two rules keep it from settling on a wrong size: the first call is not timed (it pays
     one-time costs, up to 25 times a product's own time), and every ``explore``-th call re-times
     the less measured neighbour of the best (one noisy timing must not decide for good; only the
     larger one when the best's products are quick, where the larger wins near-ties anyway: a
@@ -143,10 +146,13 @@ class ColumnChunks:
     Example:
         >>> chunks = ColumnChunks(start=4)
         >>> fn = lambda v: 2 * v
-        >>> chunks.apply(fn, torch.ones(3, 7)).shape       # 4 (not timed) + 3
+        >>> chunks.apply(fn, torch.ones(3, 7)).shape       # two products, of 4 and 3
         torch.Size([3, 7])
-        >>> sorted(chunks.seconds)                          # the 3 columns timed
-        [3]
+        >>> chunks.seconds                                  # the first call is not timed
+        {}
+        >>> _ = chunks.apply(fn, torch.ones(3, 7))
+        >>> sorted(chunks.seconds)                          # the call's size: 4 (and 3)
+        [4]
     """
 
     #: sizes within ``tolerance`` of the best time per column count as equal, the largest
@@ -157,7 +163,7 @@ class ColumnChunks:
         self.size, self.limit, self.explore = start, limit, explore
         self._interval = self._due = explore  # calls between re-timings; the next one's call
         self._best: int | None = None  # the best size after the last call
-        self.seconds: dict[int, float] = {}  # chunk size -> time per column (recent median)
+        self.seconds: dict[int, float] = {}  # chunk size -> time per column (recent mean)
         self.samples: dict[int, int] = {}  # chunk size -> products timed
         self._recent: dict[int, deque[float]] = {}  # chunk size -> its latest timings
         self.products = self.calls = 0
@@ -195,24 +201,25 @@ class ColumnChunks:
             if near:
                 self.size = min(near, key=lambda size: self.samples.get(size, 0))
         k, start = V.shape[1], 0
+        size = balanced(self.size, k)  # the call's chunks: this size, or one less
         out: torch.Tensor | None = None
+        began = time.perf_counter()
         while start < k:
-            size = balanced(self.size, k - start)
-            began = time.perf_counter()
-            part = vmap(fn, in_dims=1, out_dims=1)(V[:, start : start + size])
+            step = balanced(size, k - start)
+            part = vmap(fn, in_dims=1, out_dims=1)(V[:, start : start + step])
             if out is None:  # written chunk by chunk: no concatenation copy at the end
-                out = part if size == k else part.new_empty(part.shape[0], k)
+                out = part if step == k else part.new_empty(part.shape[0], k)
             if part is not out:
-                out[:, start : start + size] = part
-            per_column = (time.perf_counter() - began) / size
+                out[:, start : start + step] = part
             self.products += 1
-            if self.products > 1:  # the first pays one-time costs
-                recent = self._recent.setdefault(size, deque(maxlen=5))
-                recent.append(per_column)
-                self.seconds[size] = statistics.median(recent)
-                self.samples[size] = self.samples.get(size, 0) + 1
-                self.size = self._next(k)
-            start += size
+            start += step
+        if self.calls > 1:  # the first call pays one-time costs
+            recent = self._recent.setdefault(size, deque(maxlen=5))
+            recent.append((time.perf_counter() - began) / k)
+            fair = sorted(recent)[: max(1, len(recent) - 1)]  # all but the slowest
+            self.seconds[size] = statistics.fmean(fair)
+            self.samples[size] = self.samples.get(size, 0) + 1
+            self.size = self._next(k)
         now = self.best() if self.seconds else None
         if now != self._best:  # a new best: re-time its neighbours every `explore` calls again
             self._best, self._interval, self._due = now, self.explore, self.calls + self.explore

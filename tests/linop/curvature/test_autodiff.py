@@ -90,16 +90,16 @@ def test_it_learns_the_size_with_the_least_time_per_column(monkeypatch):
 
 
 def test_an_unlucky_first_timing_is_timed_again(monkeypatch):
-    # the best size, 16, is first timed during a stall (+100 s): re-timing the less measured
-    # neighbour of the best every `explore` products finds it again
-    stalled = {i: 100.0 for i in range(2, 4)}
+    # the best size, 16, is first timed during a stall (+100 s on the 9th product, the first
+    # of size 16): re-timing the less measured neighbour of the best finds it again
+    stalled = {8: 100.0}
     clock = FakeClock(
         monkeypatch, lambda size: 1.0 + size * (1.0 if size <= 16 else 4.0), extra=stalled
     )
     chunks = ColumnChunks(start=8, explore=4)
     for _ in range(40):
         chunks.apply(_double, torch.ones(3, 32))
-    assert 16 in clock.sizes[:4]  # it was tried during the stall
+    assert clock.sizes[:10] == [8] * 8 + [16, 16]  # tried during the stall
     assert chunks.size == 16
 
 
