@@ -214,7 +214,7 @@ class HessianOperator(CurvatureOperator):
             else:
                 step = chunk_size or n
                 parts = [vmap(column, 1, 1)(E[:, i : i + step]) for i in range(0, n, step)]
-                out = torch.cat(parts, dim=1) if parts else E
+                out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         except (NotImplementedError, RuntimeError) as error:  # no forward-mode derivative
             if forward and "forward" not in str(error).lower() and "jvp" not in str(error).lower():
                 raise
