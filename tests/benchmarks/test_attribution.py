@@ -13,13 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # benchmarks/ is run from a checkout, not installed
-    sys.path.insert(0, str(ROOT))
+from benchmarks import __main__ as runner
+from benchmarks import _digits as digits
+from benchmarks import attribution as ex
 
-from benchmarks import __main__ as runner  # noqa: E402
-from benchmarks import _digits as digits  # noqa: E402
-from benchmarks import attribution as ex  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,12 @@ the run."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # benchmarks/ is run from a checkout, not installed
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import kfac_cnn as bench  # noqa: E402
-from benchmarks._digits import limit_threads  # noqa: E402
+from benchmarks import kfac_cnn as bench
+from benchmarks._digits import limit_threads
 
 
 @pytest.fixture(scope="module")

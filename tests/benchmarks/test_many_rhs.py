@@ -7,19 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # benchmarks/ is run from a checkout, not installed
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import _rhs_references as refs  # noqa: E402
-from benchmarks import estimators as est  # noqa: E402
-from benchmarks import many_rhs as bench  # noqa: E402
+from benchmarks import _rhs_references as refs
+from benchmarks import estimators as est
+from benchmarks import many_rhs as bench
 
 
 @pytest.fixture(scope="module")
