@@ -164,7 +164,7 @@ class ColumnChunks:
         self._interval = self._due = explore  # calls between re-timings; the next one's call
         self._best: int | None = None  # the best size after the last call
         self.seconds: dict[int, float] = {}  # chunk size -> time per column (recent mean)
-        self.samples: dict[int, int] = {}  # chunk size -> products timed
+        self.samples: dict[int, int] = {}  # chunk size -> calls timed
         self._recent: dict[int, deque[float]] = {}  # chunk size -> its latest timings
         self.products = self.calls = 0
 
@@ -182,8 +182,9 @@ class ColumnChunks:
         """The best size so far and its neighbours for a call of ``columns``: its double (at
         most the call's ``columns``) and its half, each as the even split of the call."""
         best = self.best()
-        near = (balanced(min(2 * best, self.limit, columns), columns), best // 2)
-        return best, [balanced(size, columns) for size in near if 1 <= size != best]
+        near = (min(2 * best, self.limit, columns), best // 2)
+        even = [balanced(size, columns) for size in near if size >= 1]
+        return best, [size for size in even if size != best]
 
     def _next(self, columns: int) -> int:
         """The best size so far, or its double, then its half, while untried."""
@@ -252,12 +253,12 @@ def apply_columns(
     """``fn`` (a product with one flat vector) applied to every column of ``V`` ``(n, k)``: one by
     one for a single column or ``vectorize=False``; on a CPU without a ``chunk_size``, vmapped in
     the chunks ``chunks`` learns; otherwise vmapped in chunks of ``chunk_size`` (default: all)."""
-    learned = vectorize is None and chunk_size is None and V.device.type == "cpu"
-    if not traced(V):
+    concrete = not traced(V)
+    if concrete:
         V = by_columns(V)  # each column one contiguous vector
     if V.shape[1] == 1 or vectorize is False:
         return torch.stack([fn(V[:, i]) for i in range(V.shape[1])], dim=1)
-    if learned and not traced(V):
+    if concrete and vectorize is None and chunk_size is None and V.device.type == "cpu":
         return chunks.apply(fn, V)
     return vmap(fn, in_dims=1, out_dims=1, chunk_size=chunk_size)(V)
 
