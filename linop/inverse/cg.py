@@ -209,8 +209,9 @@ class CGStrategy(Strategy):
                 Pc, APc = (Pa.to(acc), AP.to(acc)) if half else (Pa, AP)
                 pAp = vecdot(Pc, APc)
                 rq = pAp / vecdot(Pc, Pc).clamp_min(tiny)  # the Rayleigh quotient pᵀAp / pᵀp
-                top = torch.maximum(top, rq.abs())
-                bad = on & ~((rq.abs() if o.indefinite else rq) > eps * top)  # or not finite
+                size = rq.abs()
+                top = torch.maximum(top, size)
+                bad = on & ~((size if o.indefinite else rq) > eps * top)  # or not finite
                 curv_a |= bad
                 on &= ~bad
                 alpha = torch.where(on, rz / pAp, 0)  # pAp ≠ 0 where on
