@@ -1,7 +1,9 @@
 """The explicit method: materialise the matrix once, factorise it, solve by substitution.
 
 The inverse keeps the matrix and its factor (2 n² entries, as many as the factorisation itself
-needs): each solve reports its residuals ``‖b − Ax‖`` with one product by the matrix.
+needs): each solve reports its residuals ``‖b − Ax‖`` with one product by the matrix. With
+``residuals=False`` it keeps the factor only and reports none (NaN): that product costs about
+as much as the two triangular solves, which callers who never read the report need not pay.
 
 Symmetric matrices are tried with Cholesky, first in their own dtype, then in float64. A symmetric
 matrix that is still not positive definite falls back to LU with a
@@ -42,12 +44,17 @@ class ExplicitOptions(SolverOptions):
         max_bytes: the memory budget of ``to_dense``.
         force: skip the memory guard.
         chunk_size: identity columns per batched product while materialising (default: all).
+        residuals: report each solve's relative residuals ``‖b − Ax‖ / ‖b‖`` (one product with
+            the matrix, which is kept for it); False reports NaN and keeps only the factor. A
+            singular matrix's minimum-norm solves compute them whatever this says: they decide
+            whether the right-hand side is in the range.
     """
 
     method = "explicit"
     max_bytes: int = DEFAULT_DENSE_BUDGET_BYTES
     force: bool = False
     chunk_size: int | None = None
+    residuals: bool = True
 
     def validate(self) -> None:
         non_negative("max_bytes", self.max_bytes)
@@ -89,7 +96,8 @@ class ExplicitStrategy(Strategy):
                     pivots = L.diagonal().square()
                     if float(pivots.min()) <= self.eps * float(pivots.max()):
                         return self._pseudo_inverse(M, "a pivot of Cholesky is zero")
-                    self.kind, self.factor, self.matrix = "cholesky", L, M.to(dtype)
+                    self.kind, self.factor = "cholesky", L
+                    self.matrix = M.to(dtype) if o.residuals else None
                     return A.shape[1]
             if A.tags.psd:
                 return self._pseudo_inverse(M, "Cholesky failed on a positive semi-definite matrix")
@@ -100,7 +108,8 @@ class ExplicitStrategy(Strategy):
         diag = LU.diagonal().abs()
         if int(info) != 0 or float(diag.min()) <= self.eps * float(diag.max()):
             return self._pseudo_inverse(M, "a zero pivot in LU")
-        self.kind, self.factor, self.pivots, self.matrix = "lu", LU, pivots, M
+        self.kind, self.factor, self.pivots = "lu", LU, pivots
+        self.matrix = M if o.residuals else None
         if A.tags.symmetric:
             warn(
                 "the symmetric matrix is not positive definite (Cholesky failed); solved by LU. "
@@ -147,9 +156,12 @@ class ExplicitStrategy(Strategy):
             X = torch.linalg.lu_solve(F, self.pivots, Bf)
         else:  # the minimum-norm solution
             X = F @ (self.inv_values.unsqueeze(1) * (self.left.mT @ Bf))
-        AX = self.matrix @ X  # for the residuals: one product with the matrix
-        norms = Bf.norm(dim=0).clamp_min(torch.finfo(F.dtype).tiny)
-        relative = (Bf - AX).norm(dim=0) / norms
+        k = B.shape[1]
+        if self.matrix is None:  # residuals=False: none computed
+            relative = torch.full((k,), float("nan"))
+        else:  # one product with the matrix
+            norms = Bf.norm(dim=0).clamp_min(torch.finfo(F.dtype).tiny)
+            relative = (Bf - self.matrix @ X).norm(dim=0) / norms
         if self.kind == "pseudo-inverse":
             worst = float(relative.max()) if relative.numel() else 0.0
             if worst > self.tol:
@@ -161,7 +173,6 @@ class ExplicitStrategy(Strategy):
                 f"lam > 0 makes the system regular",
                 NegativeCurvatureWarning,
             )
-        k = B.shape[1]
         info = SolveInfo(
             method=self.name,
             iterations=torch.zeros(k, dtype=torch.long),

@@ -3,6 +3,8 @@ refuse singular matrices at the operator's own precision."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -148,3 +150,35 @@ def test_explicit_solves_well_conditioned_half_precision_matrices(dtype, conditi
     x = A.inverse("explicit") @ b  # no SingularOperatorError: condition 20 / 200 is regular
     exact = torch.linalg.solve(A.to_dense().double(), b.double())
     assert float((x.double() - exact).norm() / exact.norm()) < 0.1
+
+
+def test_explicit_residuals_false_reports_none_and_keeps_only_the_factor():
+    """``residuals=False`` gives the same solutions and warnings, NaN residuals said "not
+    computed", and no copy of the matrix; a singular matrix's range test still runs."""
+    B = torch.randn(8, 3, dtype=D64, generator=_gen(2))
+    Q = torch.linalg.qr(torch.randn(8, 8, dtype=D64, generator=_gen(3))).Q
+    indefinite = Q @ torch.diag(torch.linspace(-2, 3, 8, dtype=D64)) @ Q.T
+    for M, kind in ((_spd(8, 4), "cholesky"), ((indefinite + indefinite.T) / 2, "lu")):
+        A = DenseOperator(M, Tags(symmetric=True))
+        answers, said = [], []
+        for residuals in (True, False):
+            inv = A.inverse("explicit", residuals=residuals)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                answers.append(inv @ B)
+            said.append([type(w.message) for w in caught])
+            assert inv.strategy.kind == kind
+            assert (inv.strategy.matrix is None) == (not residuals)
+            if residuals:
+                expected = (B - M @ answers[0]).norm(dim=0) / B.norm(dim=0)
+                torch.testing.assert_close(inv.info.residuals, expected, rtol=1e-6, atol=1e-14)
+            else:
+                assert bool(torch.isnan(inv.info.residuals).all())
+                assert "max relative residual not computed" in str(inv.info)
+        assert_close(answers[1], answers[0], 1e-12)
+        assert said[0] == said[1] == ([NegativeCurvatureWarning] if kind == "lu" else [])
+    loss, theta, X, y = _softmax_regression()
+    H = HessianOperator(loss, (theta, X, y))
+    b = torch.randn(theta.numel(), dtype=D64, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(SingularOperatorError, match="not in its range"):
+        H.inverse("explicit", residuals=False) @ b
