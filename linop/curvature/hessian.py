@@ -197,8 +197,9 @@ class HessianOperator(CurvatureOperator):
         twice as fast as reverse over reverse (0.53-0.67 s against 1.2 s for 7850 parameters).
         Losses without forward-mode derivatives fall back to the operator's own products."""
         n = self.shape[0]
-        # column-major (the identity's transpose): each vmapped column is contiguous, as the
-        # tangents of forward mode want them (a row-major one: 5-15 % slower for 650 parameters)
+        # column-major (the identity's transpose): the columns of a chunk are one contiguous
+        # block, not a strided view (chunks of 82-325 of 650 columns: 2-6 % faster; one product
+        # of all columns: no difference)
         E = torch.eye(n, dtype=self.dtype, device=self.device).mT
         if n == 0:
             return E
