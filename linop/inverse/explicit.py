@@ -89,7 +89,8 @@ class ExplicitStrategy(Strategy):
         self.tol = torch.finfo(A.dtype).eps ** 0.5  # the residual of a consistent system
         if A.tags.symmetric:  # Cholesky (and eigh) read the lower triangle only
             for dtype in dict.fromkeys([M.dtype, torch.float64]):
-                L, info = torch.linalg.cholesky_ex(M.to(dtype))
+                Md = M.to(dtype)  # one copy for the retry in float64, kept for the residuals
+                L, info = torch.linalg.cholesky_ex(Md)
                 if int(info) == 0:
                     # success can be rounding luck on a singular matrix: judge the pivots at the
                     # operator's precision (a positive definite one has them above the threshold)
@@ -97,7 +98,7 @@ class ExplicitStrategy(Strategy):
                     if float(pivots.min()) <= self.eps * float(pivots.max()):
                         return self._pseudo_inverse(M, "a pivot of Cholesky is zero")
                     self.kind, self.factor = "cholesky", L
-                    self.matrix = M.to(dtype) if o.residuals else None
+                    self.matrix = Md if o.residuals else None
                     return A.shape[1]
             if A.tags.psd:
                 return self._pseudo_inverse(M, "Cholesky failed on a positive semi-definite matrix")
